@@ -1,0 +1,82 @@
+"""Test sessions: one isolated venv per package, an integration session, and lint.
+
+Each package session installs ONLY that package (plus the tt packages it declares and the
+test tools) into a fresh venv, so an undeclared dependency fails there instead of being
+hidden by the workspace venv. Versions are pinned to uv.lock through a constraints file.
+
+    uv run nox                 # everything
+    uv run nox -s tt-peft      # one package
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "uv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+ROOT = Path(__file__).parent
+TEST_TOOLS = ["pytest", "pytest-timeout", "hypothesis", "transformers", "peft"]
+
+# package -> (tt packages it depends on, extras to install)
+PACKAGES: dict[str, tuple[list[str], list[str]]] = {
+    "tt-models": ([], []),
+    "tt-peft": ([], ["nf4"]),
+    "tt-data": ([], []),
+    "tt-ckpt": ([], []),
+    "tt-dist": ([], []),
+    "tt-recipes": (["tt-models", "tt-peft", "tt-data", "tt-ckpt", "tt-dist"], ["tensorboard", "wandb"]),
+    "tt-cli": (["tt-models", "tt-peft", "tt-data", "tt-ckpt", "tt-dist", "tt-recipes"], []),
+}
+
+
+def _constraints(session: nox.Session) -> str:
+    """Export uv.lock as a constraints file so every session tests the locked versions."""
+    path = Path(session.create_tmp()) / "constraints.txt"
+    text = subprocess.run(
+        ["uv", "export", "--frozen", "--no-hashes", "--no-emit-workspace", "--all-groups",
+         "--all-extras", "--format", "requirements-txt"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    ).stdout
+    path.write_text(text)
+    return str(path)
+
+
+def _install(session: nox.Session, packages: list[str], extras: dict[str, list[str]]) -> None:
+    args = []
+    for pkg in packages:
+        extra = extras.get(pkg, [])
+        spec = f"packages/{pkg}" + (f"[{','.join(extra)}]" if extra else "")
+        args += ["-e", spec]
+    session.install("-c", _constraints(session), *args, *TEST_TOOLS)
+
+
+def _make_package_session(name: str) -> None:
+    deps, extras = PACKAGES[name]
+
+    @nox.session(name=name, python="3.11")
+    def _session(session: nox.Session) -> None:
+        _install(session, [*deps, name], {name: extras})
+        session.run("pytest", f"packages/{name}/tests", *session.posargs)
+
+
+for _name in PACKAGES:
+    _make_package_session(_name)
+
+
+@nox.session(python="3.11")
+def integration(session: nox.Session) -> None:
+    """Everything installed together; runs the cross-package tests in tests/."""
+    _install(session, list(PACKAGES), {k: v[1] for k, v in PACKAGES.items()})
+    session.run("pytest", "tests", *session.posargs)
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")

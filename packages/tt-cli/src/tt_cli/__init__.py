@@ -1,0 +1,1 @@
+"""tt_cli: the ``tt`` command line (run, ls, cp, cat, validate, download)."""
