@@ -1,0 +1,215 @@
+"""Builders: ``build_model`` from a ``DecoderConfig``, the ``transformer_decoder`` component
+builder, and model builders for the published Llama sizes (which only fix numbers)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+
+from tt_models.attention import MultiHeadAttention
+from tt_models.config import DecoderConfig
+from tt_models.decoder import TransformerDecoder, TransformerSelfAttentionLayer
+from tt_models.feed_forward import FeedForward
+from tt_models.norm import RMSNorm
+from tt_models.rope import RotaryEmbedding
+
+Device = torch.device | str | None
+
+
+def build_model(
+    cfg: DecoderConfig, device: Device = None, dtype: torch.dtype | None = None
+) -> TransformerDecoder:
+    """Build the decoder ``cfg`` describes, allocating parameters on ``device`` in ``dtype``.
+
+    ``device="meta"`` allocates nothing (materialise later with ``model.to_empty(device=...)``
+    and load weights). Weights are randomly initialised otherwise.
+    """
+    # Without a device, keep whatever default device the caller has set.
+    device_ctx = nullcontext() if device is None else torch.device(device)
+    with _default_dtype(dtype), device_ctx:
+        return TransformerDecoder(
+            tok_embeddings=nn.Embedding(cfg.vocab_size, cfg.dim),
+            layers=[_build_layer(cfg) for _ in range(cfg.n_layers)],
+            rope=RotaryEmbedding(cfg.head_dim, cfg.rope_base, cfg.rope_scaling),
+            norm=RMSNorm(cfg.dim, cfg.norm_eps),
+            output=None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False),
+            config=cfg,
+        )
+
+
+def _build_layer(cfg: DecoderConfig) -> TransformerSelfAttentionLayer:
+    return TransformerSelfAttentionLayer(
+        attn=MultiHeadAttention(cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.attn_bias),
+        mlp=FeedForward(cfg.dim, cfg.hidden_dim, cfg.mlp_bias),
+        attn_norm=RMSNorm(cfg.dim, cfg.norm_eps),
+        mlp_norm=RMSNorm(cfg.dim, cfg.norm_eps),
+    )
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype | None) -> Iterator[None]:
+    """Create parameters directly in ``dtype`` instead of allocating fp32 and converting."""
+    if dtype is None:
+        yield
+        return
+    if not dtype.is_floating_point:
+        raise ValueError(f"build_model: dtype={dtype} must be a floating-point dtype")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def transformer_decoder(
+    *,
+    vocab_size: int,
+    dim: int,
+    n_layers: int,
+    n_heads: int,
+    hidden_dim: int,
+    n_kv_heads: int | None = None,
+    head_dim: int | None = None,
+    max_seq_len: int = 4096,
+    norm_eps: float = 1e-5,
+    rope_base: float = 10_000.0,
+    rope_scaling: dict[str, Any] | None = None,
+    tie_embeddings: bool = False,
+    attn_bias: bool = False,
+    mlp_bias: bool = False,
+    device: Device = None,
+    dtype: torch.dtype | None = None,
+) -> TransformerDecoder:
+    """Component builder of the Llama family: every dimension is an argument.
+
+    See ``DecoderConfig`` for the meaning of each argument.
+    """
+    cfg = DecoderConfig(
+        vocab_size=vocab_size,
+        dim=dim,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        hidden_dim=hidden_dim,
+        n_kv_heads=n_kv_heads,
+        head_dim=head_dim,
+        max_seq_len=max_seq_len,
+        norm_eps=norm_eps,
+        rope_base=rope_base,
+        rope_scaling=rope_scaling,
+        tie_embeddings=tie_embeddings,
+        attn_bias=attn_bias,
+        mlp_bias=mlp_bias,
+    )
+    return build_model(cfg, device=device, dtype=dtype)
+
+
+def _llama3_scaling(factor: float) -> dict[str, Any]:
+    """Llama 3.1/3.2/3.3 RoPE scaling; only ``factor`` differs between releases."""
+    return {
+        "rope_type": "llama3",
+        "factor": factor,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+
+
+# Shared numbers of each generation (vocabulary, context, RoPE), from the published configs.
+_LLAMA2 = {"vocab_size": 32_000, "max_seq_len": 4096, "rope_base": 10_000.0}
+_LLAMA3 = {"vocab_size": 128_256, "max_seq_len": 8192, "rope_base": 500_000.0}
+_LLAMA3_1 = {**_LLAMA3, "max_seq_len": 131_072, "rope_scaling": _llama3_scaling(8.0)}
+_LLAMA3_2 = {**_LLAMA3_1, "rope_scaling": _llama3_scaling(32.0), "tie_embeddings": True}
+# Dimensions shared by the 70B models of every generation (GQA with 8 key/value heads).
+_70B = {"dim": 8192, "n_layers": 80, "n_heads": 64, "n_kv_heads": 8, "hidden_dim": 28_672}
+_8B = {"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "hidden_dim": 14_336}
+
+
+def llama2_7b(device: Device = None, dtype: torch.dtype | None = None) -> TransformerDecoder:
+    """Llama 2 7B (6.74B parameters)."""
+    return transformer_decoder(
+        **_LLAMA2, dim=4096, n_layers=32, n_heads=32, hidden_dim=11_008, device=device, dtype=dtype
+    )
+
+
+def llama2_13b(device: Device = None, dtype: torch.dtype | None = None) -> TransformerDecoder:
+    """Llama 2 13B (13.0B parameters)."""
+    return transformer_decoder(
+        **_LLAMA2, dim=5120, n_layers=40, n_heads=40, hidden_dim=13_824, device=device, dtype=dtype
+    )
+
+
+def llama2_70b(device: Device = None, dtype: torch.dtype | None = None) -> TransformerDecoder:
+    """Llama 2 70B (69.0B parameters)."""
+    return transformer_decoder(**_LLAMA2, **_70B, device=device, dtype=dtype)
+
+
+def llama3_8b(device: Device = None, dtype: torch.dtype | None = None) -> TransformerDecoder:
+    """Llama 3 8B (8.03B parameters, 8K context)."""
+    return transformer_decoder(**_LLAMA3, **_8B, device=device, dtype=dtype)
+
+
+def llama3_70b(device: Device = None, dtype: torch.dtype | None = None) -> TransformerDecoder:
+    """Llama 3 70B (70.6B parameters, 8K context)."""
+    return transformer_decoder(**_LLAMA3, **_70B, device=device, dtype=dtype)
+
+
+def llama3_1_8b(device: Device = None, dtype: torch.dtype | None = None) -> TransformerDecoder:
+    """Llama 3.1 8B (8.03B parameters, 128K context via RoPE scaling factor 8)."""
+    return transformer_decoder(**_LLAMA3_1, **_8B, device=device, dtype=dtype)
+
+
+def llama3_1_70b(device: Device = None, dtype: torch.dtype | None = None) -> TransformerDecoder:
+    """Llama 3.1 70B (70.6B parameters, 128K context)."""
+    return transformer_decoder(**_LLAMA3_1, **_70B, device=device, dtype=dtype)
+
+
+def llama3_1_405b(device: Device = None, dtype: torch.dtype | None = None) -> TransformerDecoder:
+    """Llama 3.1 405B (405.9B parameters, 128K context)."""
+    return transformer_decoder(
+        **_LLAMA3_1,
+        dim=16_384,
+        n_layers=126,
+        n_heads=128,
+        n_kv_heads=8,
+        hidden_dim=53_248,
+        device=device,
+        dtype=dtype,
+    )
+
+
+def llama3_2_1b(device: Device = None, dtype: torch.dtype | None = None) -> TransformerDecoder:
+    """Llama 3.2 1B (1.24B parameters, tied embeddings, RoPE scaling factor 32)."""
+    return transformer_decoder(
+        **_LLAMA3_2,
+        dim=2048,
+        n_layers=16,
+        n_heads=32,
+        n_kv_heads=8,
+        hidden_dim=8192,
+        device=device,
+        dtype=dtype,
+    )
+
+
+def llama3_2_3b(device: Device = None, dtype: torch.dtype | None = None) -> TransformerDecoder:
+    """Llama 3.2 3B (3.21B parameters, tied embeddings, RoPE scaling factor 32)."""
+    return transformer_decoder(
+        **_LLAMA3_2,
+        dim=3072,
+        n_layers=28,
+        n_heads=24,
+        n_kv_heads=8,
+        hidden_dim=8192,
+        device=device,
+        dtype=dtype,
+    )
+
+
+def llama3_3_70b(device: Device = None, dtype: torch.dtype | None = None) -> TransformerDecoder:
+    """Llama 3.3 70B (70.6B parameters; the Llama 3.1 70B architecture)."""
+    return transformer_decoder(**_LLAMA3_1, **_70B, device=device, dtype=dtype)

@@ -1,0 +1,123 @@
+"""``DecoderConfig``: every dimension of a decoder-only transformer in one dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+LLAMA3_SCALING_KEYS = (
+    "factor",
+    "low_freq_factor",
+    "high_freq_factor",
+    "original_max_position_embeddings",
+)
+SUPPORTED_ROPE_SCALING_TYPES = ("llama3",)
+
+
+@dataclass
+class DecoderConfig:
+    """Architecture of a decoder-only transformer (Llama layout).
+
+    A family that needs more switches (qk-norm, sliding window, soft-capping, ...) adds a
+    field with a default that keeps the Llama behaviour, and ``build_model`` picks the small
+    module that field asks for.
+
+    Args:
+        vocab_size: number of token embeddings and output logits.
+        dim: model (residual stream) width.
+        n_layers: number of transformer blocks.
+        n_heads: query heads per attention layer.
+        n_kv_heads: key/value heads (GQA when < n_heads, MQA when 1); None means n_heads.
+        hidden_dim: inner width of the SwiGLU feed-forward.
+        head_dim: width of one head; None means ``dim // n_heads``.
+        max_seq_len: longest context the model was trained for.
+        norm_eps: epsilon of every RMSNorm.
+        rope_base: RoPE theta.
+        rope_scaling: None, or Llama 3.1 frequency scaling as a dict with ``rope_type`` ("llama3"),
+            ``factor``, ``low_freq_factor``, ``high_freq_factor``,
+            ``original_max_position_embeddings``.
+        tie_embeddings: the output projection reuses the token-embedding weight.
+        attn_bias: q/k/v/o projections have biases.
+        mlp_bias: gate/up/down projections have biases.
+    """
+
+    vocab_size: int
+    dim: int
+    n_layers: int
+    n_heads: int
+    hidden_dim: int
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
+    max_seq_len: int = 4096
+    norm_eps: float = 1e-5
+    rope_base: float = 10_000.0
+    rope_scaling: dict[str, Any] | None = None
+    tie_embeddings: bool = False
+    attn_bias: bool = False
+    mlp_bias: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "hidden_dim", "max_seq_len"):
+            _check_positive_int(name, getattr(self, name))
+        # Resolve the defaults so that two configs describing the same model compare equal.
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.head_dim is None:
+            self.head_dim = self.dim // self.n_heads
+        _check_positive_int("n_kv_heads", self.n_kv_heads)
+        _check_positive_int("head_dim", self.head_dim)
+        if self.n_heads % self.n_kv_heads != 0:
+            raise ValueError(
+                f"DecoderConfig: n_heads={self.n_heads} must be a multiple of "
+                f"n_kv_heads={self.n_kv_heads} (each key/value head serves a group of query heads)"
+            )
+        if self.head_dim % 2 != 0:
+            raise ValueError(
+                f"DecoderConfig: head_dim={self.head_dim} must be even (RoPE rotates pairs)"
+            )
+        if not self.norm_eps > 0 or not self.rope_base > 0:
+            raise ValueError(
+                f"DecoderConfig: norm_eps={self.norm_eps} and rope_base={self.rope_base} "
+                "must both be > 0"
+            )
+        self.norm_eps = float(self.norm_eps)
+        self.rope_base = float(self.rope_base)
+        if self.rope_scaling is not None:
+            self.rope_scaling = normalize_rope_scaling(self.rope_scaling)
+
+
+def normalize_rope_scaling(scaling: dict[str, Any], source: str = "rope_scaling") -> dict[str, Any]:
+    """Check a Llama 3.1 RoPE scaling dict and return it with canonical keys and types.
+
+    ``source`` names where the dict came from, for the error message.
+    """
+    rope_type = scaling.get("rope_type")
+    if rope_type not in SUPPORTED_ROPE_SCALING_TYPES:
+        raise ValueError(
+            f"{source}: rope_type={rope_type!r} is not supported; "
+            f"supported scaling types: {list(SUPPORTED_ROPE_SCALING_TYPES)}"
+        )
+    missing = [key for key in LLAMA3_SCALING_KEYS if key not in scaling]
+    if missing:
+        raise ValueError(
+            f"{source}: llama3 rope scaling is missing {missing}; "
+            f"it needs all of {list(LLAMA3_SCALING_KEYS)} (got keys {sorted(scaling)})"
+        )
+    normalized = {
+        "rope_type": rope_type,
+        "factor": float(scaling["factor"]),
+        "low_freq_factor": float(scaling["low_freq_factor"]),
+        "high_freq_factor": float(scaling["high_freq_factor"]),
+        "original_max_position_embeddings": int(scaling["original_max_position_embeddings"]),
+    }
+    if not normalized["high_freq_factor"] > normalized["low_freq_factor"]:
+        raise ValueError(
+            f"{source}: high_freq_factor={normalized['high_freq_factor']} must be greater than "
+            f"low_freq_factor={normalized['low_freq_factor']}"
+        )
+    return normalized
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"DecoderConfig: {name}={value!r} must be a positive integer")

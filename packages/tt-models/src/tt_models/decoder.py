@@ -1,0 +1,193 @@
+"""The decoder: token embeddings, a stack of pre-norm blocks, a final norm and the output head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tt_models.attention import MultiHeadAttention
+from tt_models.config import DecoderConfig
+from tt_models.kv_cache import KVCache
+from tt_models.rope import RotaryEmbedding
+
+
+class TransformerSelfAttentionLayer(nn.Module):
+    """Pre-norm block: ``x + attn(attn_norm(x))`` then ``h + mlp(mlp_norm(h))``."""
+
+    def __init__(
+        self, attn: MultiHeadAttention, mlp: nn.Module, attn_norm: nn.Module, mlp_norm: nn.Module
+    ) -> None:
+        super().__init__()
+        self.attn_norm = attn_norm
+        self.attn = attn
+        self.mlp_norm = mlp_norm
+        self.mlp = mlp
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None = None,
+        input_pos: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``x``: ``[b, s, dim]`` -> ``[b, s, dim]``; see ``MultiHeadAttention.forward``."""
+        h = x + self.attn(self.attn_norm(x), rope, mask, input_pos)
+        return h + self.mlp(self.mlp_norm(h))
+
+
+class TransformerDecoder(nn.Module):
+    """Decoder-only transformer assembled from the modules it is given.
+
+    ``output=None`` ties the output projection to ``tok_embeddings.weight`` (no ``output.weight``
+    key in the state dict). Logits come back in the model's dtype (fp32 for an fp32 model, bf16
+    for a bf16 one); cast them before a loss if you need fp32.
+
+    For a loss that never materialises ``[b, s, vocab]`` logits, call
+    ``forward(tokens, return_hidden=True)`` to get the final-norm output ``[b, s, dim]`` and
+    project chunks of it with ``output_weight()`` (``logits = hidden @ output_weight().T``).
+    """
+
+    def __init__(
+        self,
+        *,
+        tok_embeddings: nn.Embedding,
+        layers: list[nn.Module],
+        rope: RotaryEmbedding,
+        norm: nn.Module,
+        output: nn.Linear | None,
+        config: DecoderConfig,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = tok_embeddings
+        self.layers = nn.ModuleList(layers)
+        self.rope = rope
+        self.norm = norm
+        self.output = output
+
+    def output_weight(self) -> torch.Tensor:
+        """The output projection weight ``[vocab_size, dim]`` (the embedding weight when tied)."""
+        return self.tok_embeddings.weight if self.output is None else self.output.weight
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        *,
+        mask: torch.Tensor | None = None,
+        input_pos: torch.Tensor | None = None,
+        return_hidden: bool = False,
+    ) -> torch.Tensor:
+        """Run the decoder.
+
+        Args:
+            tokens: ``[b, s]`` token ids.
+            mask: boolean, True where a query may attend to a key: ``[b, s, s]`` (e.g.
+                block-causal for packed rows, or causal-and-not-padding) or ``[b, s, cache_len]``
+                with KV-caches. Every query row must allow at least one key. None means causal
+                (with caches: key slot ``j`` is visible to a query at position ``p`` if ``j <= p``).
+            input_pos: ``[b, s]`` integer positions for RoPE (restarting at 0 per packed
+                document; counting from the first real token in left-padded rows). With caches
+                they are also the cache slots written and are required. None means ``0..s-1``.
+            return_hidden: return the final-norm hidden states ``[b, s, dim]`` instead of logits.
+
+        Returns:
+            Logits ``[b, s, vocab_size]`` in the model dtype, or hidden states (see above).
+        """
+        input_pos = self._check_inputs(tokens, mask, input_pos)
+        if mask is None and self.caches_are_enabled():
+            slots = torch.arange(self._cache_len(), device=tokens.device)
+            mask = slots <= input_pos[..., None]  # [b, s, cache_len]
+        rope = self.rope(input_pos)
+        h = self.tok_embeddings(tokens)
+        for layer in self.layers:
+            h = layer(h, rope, mask, input_pos)
+        h = self.norm(h)
+        if return_hidden:
+            return h
+        # Call the output module when there is one, so adapters wrapping it (LoRA) take effect.
+        return self.output(h) if self.output is not None else F.linear(h, self.output_weight())
+
+    def _check_inputs(
+        self, tokens: torch.Tensor, mask: torch.Tensor | None, input_pos: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Validate shapes and return ``input_pos`` (defaulting to ``0..s-1``)."""
+        if tokens.dim() != 2:
+            raise ValueError(
+                f"TransformerDecoder: tokens must be [batch, seq_len], got shape {tuple(tokens.shape)}"
+            )
+        b, s = tokens.shape
+        if input_pos is None:
+            if self.caches_are_enabled():
+                raise ValueError(
+                    "TransformerDecoder: input_pos [batch, seq_len] is required when KV-caches "
+                    "are enabled (it names the cache slots to write)"
+                )
+            input_pos = torch.arange(s, device=tokens.device).expand(b, s)
+        elif tuple(input_pos.shape) != (b, s) or input_pos.is_floating_point():
+            raise ValueError(
+                f"TransformerDecoder: input_pos must be an integer tensor of shape {(b, s)} "
+                f"like tokens, got {input_pos.dtype} {tuple(input_pos.shape)}"
+            )
+        if self.caches_are_enabled():
+            self._check_cache_fits(b, input_pos)
+        if mask is not None:
+            kv_len = self._cache_len() if self.caches_are_enabled() else s
+            if mask.dtype != torch.bool or tuple(mask.shape) != (b, s, kv_len):
+                raise ValueError(
+                    f"TransformerDecoder: mask must be a bool tensor of shape {(b, s, kv_len)} "
+                    f"([batch, seq_len, {'cache_len' if self.caches_are_enabled() else 'seq_len'}])"
+                    f", got {mask.dtype} {tuple(mask.shape)}"
+                )
+        return input_pos
+
+    def _check_cache_fits(self, batch_size: int, input_pos: torch.Tensor) -> None:
+        cache = self._first_cache()
+        if batch_size != cache.batch_size:
+            raise ValueError(
+                f"TransformerDecoder: batch size {batch_size} does not match the KV-cache batch "
+                f"size {cache.batch_size} given to setup_caches"
+            )
+        low, high = int(input_pos.min()), int(input_pos.max())
+        if low < 0 or high >= cache.max_seq_len:
+            raise ValueError(
+                f"TransformerDecoder: input_pos spans [{low}, {high}] but the KV-cache holds "
+                f"positions 0..{cache.max_seq_len - 1}; call setup_caches with a larger max_seq_len"
+            )
+
+    def setup_caches(
+        self, batch_size: int, max_seq_len: int, dtype: torch.dtype | None = None
+    ) -> None:
+        """Give every attention layer a fresh KV-cache (``dtype`` defaults to the model's)."""
+        if batch_size <= 0 or max_seq_len <= 0:
+            raise ValueError(
+                f"setup_caches: batch_size={batch_size} and max_seq_len={max_seq_len} must be > 0"
+            )
+        dtype = dtype or self.tok_embeddings.weight.dtype
+        for attn in self._attentions():
+            attn.setup_cache(batch_size, max_seq_len, dtype)
+
+    def reset_caches(self) -> None:
+        """Zero every KV-cache to start new sequences with the same cache sizes."""
+        if not self.caches_are_enabled():
+            raise RuntimeError("reset_caches: no KV-caches are set up; call setup_caches first")
+        for attn in self._attentions():
+            attn.kv_cache.reset()
+
+    def remove_caches(self) -> None:
+        """Drop the KV-caches (back to training-style forward)."""
+        for attn in self._attentions():
+            attn.kv_cache = None
+
+    def caches_are_enabled(self) -> bool:
+        """Whether ``setup_caches`` has been called (and not undone by ``remove_caches``)."""
+        return any(attn.kv_cache is not None for attn in self._attentions())
+
+    def _attentions(self) -> list[MultiHeadAttention]:
+        return [m for m in self.modules() if isinstance(m, MultiHeadAttention)]
+
+    def _first_cache(self) -> KVCache:
+        return self._attentions()[0].kv_cache
+
+    def _cache_len(self) -> int:
+        return self._first_cache().max_seq_len
