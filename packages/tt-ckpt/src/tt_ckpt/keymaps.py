@@ -1,0 +1,311 @@
+"""Key maps between Hugging Face and tt_models state-dict naming, as data.
+
+A family is a ``KeyMap``: rename rules (HF pattern, tt pattern), tensors that HF stores fused
+and tt stores split (split on load, concatenated on save), HF keys to drop on load, and the tt
+tensor shapes as expressions over config.json keys (checked on load and save). Patterns use
+``{i}``-style placeholders that match a decimal index (layer number). Adding a family such as
+qwen2 or mistral is adding a ``KeyMap`` to ``FAMILIES``; nothing imports tt_models.
+
+Example::
+
+    sd_tt = hf_to_tt(sd_hf, "llama")   # "model.layers.0.self_attn.q_proj.weight"
+                                        #   -> "layers.0.attn.q_proj.weight"
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from tt_ckpt.errors import CheckpointError, ShapeMismatchError, UnknownFamilyError, UnknownKeyError
+
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+@dataclass(frozen=True)
+class FusedTensor:
+    """A tensor HF stores fused and tt stores as parts (e.g. Phi-3 ``qkv_proj``).
+
+    ``sizes`` are config expressions (``"num_key_value_heads*head_dim"``) giving each part's
+    length along ``dim``; ``None`` splits into equal parts.
+    """
+
+    hf: str
+    tt: tuple[str, ...]
+    sizes: tuple[str, ...] | None = None
+    dim: int = 0
+
+
+@dataclass(frozen=True)
+class KeyMap:
+    """Everything that differs between families when renaming a state dict."""
+
+    family: str
+    rules: tuple[tuple[str, str], ...]  # (HF pattern, tt pattern)
+    fused: tuple[FusedTensor, ...] = ()
+    ignored_hf: tuple[str, ...] = ()  # non-persistent buffers found in old checkpoints
+    tt_shapes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (tt pattern, config expressions)
+    naming: str = "Hugging Face"  # what the non-tt side is called in error messages
+    _compiled: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    parts = _PLACEHOLDER.split(pattern)
+    # split() alternates literal text and placeholder names.
+    regex = "".join(
+        re.escape(part) if n % 2 == 0 else f"(?P<{part}>\\d+)" for n, part in enumerate(parts)
+    )
+    return re.compile(regex)
+
+
+def _compiled(pattern: str, cache: dict) -> re.Pattern[str]:
+    if pattern not in cache:
+        cache[pattern] = _pattern_regex(pattern)
+    return cache[pattern]
+
+
+def _match(patterns: list[str] | tuple[str, ...], key: str, cache: dict):
+    """Return (index, groups) of the first pattern that matches ``key`` entirely, or None."""
+    for index, pattern in enumerate(patterns):
+        found = _compiled(pattern, cache).fullmatch(key)
+        if found:
+            return index, found.groupdict()
+    return None
+
+
+def _linear(hf_module: str, tt_module: str, out: str, in_: str) -> tuple:
+    """Rules and shapes of a linear layer's weight and optional bias."""
+    rules = tuple((f"{hf_module}.{p}", f"{tt_module}.{p}") for p in ("weight", "bias"))
+    shapes = ((f"{tt_module}.weight", (out, in_)), (f"{tt_module}.bias", (out,)))
+    return rules, shapes
+
+
+def _decoder_tables(attn: str = "self_attn", mlp: str = "mlp") -> tuple[tuple, tuple]:
+    """Rules and shapes shared by Llama-like decoders (HF module names ``attn``/``mlp``)."""
+    q_out, kv_out = "num_attention_heads*head_dim", "num_key_value_heads*head_dim"
+    linears = [
+        ("q_proj", attn, "attn", q_out, "hidden_size"),
+        ("k_proj", attn, "attn", kv_out, "hidden_size"),
+        ("v_proj", attn, "attn", kv_out, "hidden_size"),
+        ("o_proj", attn, "attn", "hidden_size", q_out),
+        ("gate_proj", mlp, "mlp", "intermediate_size", "hidden_size"),
+        ("up_proj", mlp, "mlp", "intermediate_size", "hidden_size"),
+        ("down_proj", mlp, "mlp", "hidden_size", "intermediate_size"),
+    ]
+    rules = [
+        ("model.embed_tokens.weight", "tok_embeddings.weight"),
+        ("model.norm.weight", "norm.weight"),
+        ("lm_head.weight", "output.weight"),
+        ("model.layers.{i}.input_layernorm.weight", "layers.{i}.attn_norm.weight"),
+        ("model.layers.{i}.post_attention_layernorm.weight", "layers.{i}.mlp_norm.weight"),
+    ]
+    shapes = [
+        ("tok_embeddings.weight", ("vocab_size", "hidden_size")),
+        ("output.weight", ("vocab_size", "hidden_size")),
+        ("norm.weight", ("hidden_size",)),
+        ("layers.{i}.attn_norm.weight", ("hidden_size",)),
+        ("layers.{i}.mlp_norm.weight", ("hidden_size",)),
+    ]
+    for name, hf_parent, tt_parent, out, in_ in linears:
+        lin_rules, lin_shapes = _linear(
+            f"model.layers.{{i}}.{hf_parent}.{name}", f"layers.{{i}}.{tt_parent}.{name}", out, in_
+        )
+        rules += lin_rules
+        shapes += lin_shapes
+    return tuple(rules), tuple(shapes)
+
+
+_LLAMA_RULES, _LLAMA_SHAPES = _decoder_tables()
+
+LLAMA = KeyMap(
+    family="llama",
+    rules=_LLAMA_RULES,
+    ignored_hf=("model.layers.{i}.self_attn.rotary_emb.inv_freq",),
+    tt_shapes=_LLAMA_SHAPES,
+)
+
+FAMILIES: dict[str, KeyMap] = {"llama": LLAMA}
+
+
+def get_keymap(family: str | KeyMap, *, source: str = "") -> KeyMap:
+    """Return the ``KeyMap`` of a family name (a ``KeyMap`` is returned as is)."""
+    if isinstance(family, KeyMap):
+        return family
+    if family not in FAMILIES:
+        raise UnknownFamilyError(family, sorted(FAMILIES), source=source)
+    return FAMILIES[family]
+
+
+def _fill(pattern: str, groups: Mapping[str, str]) -> str:
+    return _PLACEHOLDER.sub(lambda m: groups[m.group(1)], pattern)
+
+
+def config_value(config: Mapping, name: str) -> int:
+    """Read one dimension from a config.json dict, deriving ``head_dim``/kv heads if absent."""
+    if name == "head_dim" and config.get("head_dim") is None:
+        return config_value(config, "hidden_size") // config_value(config, "num_attention_heads")
+    if name == "num_key_value_heads" and config.get(name) is None:
+        return config_value(config, "num_attention_heads")
+    if name not in config:
+        raise CheckpointError(
+            f"config has no {name!r}, which is needed to know tensor sizes; config keys: "
+            f"{sorted(config)}."
+        )
+    return int(config[name])
+
+
+def eval_size(expression: str, config: Mapping) -> int:
+    """Evaluate ``"a*b*2"`` where each factor is an integer or a config key."""
+    result = 1
+    for factor in expression.split("*"):
+        factor = factor.strip()
+        result *= int(factor) if factor.isdigit() else config_value(config, factor)
+    return result
+
+
+def _split_sizes(
+    spec: FusedTensor, tensor: torch.Tensor, config: Mapping | None, key: str, source: str | None
+) -> list[int]:
+    total = tensor.shape[spec.dim]
+    if spec.sizes is None:
+        if total % len(spec.tt):
+            raise CheckpointError(
+                f"fused tensor {key!r} has size {total} along dim {spec.dim}, which does not "
+                f"split into {len(spec.tt)} equal parts {list(spec.tt)}."
+            )
+        return [total // len(spec.tt)] * len(spec.tt)
+    if config is None:
+        raise CheckpointError(
+            f"splitting fused tensor {key!r} needs the model config (sizes {list(spec.sizes)}); "
+            f"pass config=."
+        )
+    sizes = [eval_size(expr, config) for expr in spec.sizes]
+    if sum(sizes) != total:
+        raise ShapeMismatchError(
+            key,
+            tuple(tensor.shape),
+            tuple(sum(sizes) if d == spec.dim else s for d, s in enumerate(tensor.shape)),
+            source=source,
+            reason=f"the config (parts {dict(zip(spec.sizes, sizes))})",
+        )
+    return sizes
+
+
+def hf_to_tt(
+    state_dict: Mapping[str, torch.Tensor],
+    family: str | KeyMap = "llama",
+    *,
+    config: Mapping | None = None,
+    source: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Rename a Hugging Face state dict to tt naming, splitting fused tensors.
+
+    ``config`` (config.json dict) is needed only to split unequal fused tensors; ``source``
+    (the file name) is quoted in errors.
+    """
+    keymap = get_keymap(family)
+    cache = keymap._compiled
+    hf_patterns = [hf for hf, _ in keymap.rules]
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state_dict.items():
+        if _match(keymap.ignored_hf, key, cache):
+            continue
+        fused = _match([spec.hf for spec in keymap.fused], key, cache)
+        if fused:
+            spec = keymap.fused[fused[0]]
+            parts = torch.split(
+                tensor, _split_sizes(spec, tensor, config, key, source), dim=spec.dim
+            )
+            out.update((_fill(p, fused[1]), t) for p, t in zip(spec.tt, parts))
+            continue
+        found = _match(hf_patterns, key, cache)
+        if found is None:
+            raise UnknownKeyError(key, family=keymap.family, naming=keymap.naming, source=source)
+        out[_fill(keymap.rules[found[0]][1], found[1])] = tensor
+    return out
+
+
+def _fused_part(keymap: KeyMap, key: str):
+    """Return (spec, part index, groups) if ``key`` is a part of a fused HF tensor."""
+    for spec in keymap.fused:
+        found = _match(spec.tt, key, keymap._compiled)
+        if found:
+            return spec, found[0], found[1]
+    return None
+
+
+def tt_to_hf(
+    state_dict: Mapping[str, torch.Tensor],
+    family: str | KeyMap = "llama",
+) -> dict[str, torch.Tensor]:
+    """Rename a tt state dict to Hugging Face naming, concatenating fused tensors."""
+    keymap = get_keymap(family)
+    tt_patterns = [tt for _, tt in keymap.rules]
+    out: dict[str, torch.Tensor] = {}
+    groups: dict[str, tuple[FusedTensor, dict, dict[int, torch.Tensor]]] = {}
+    for key, tensor in state_dict.items():
+        part = _fused_part(keymap, key)
+        if part:
+            spec, index, names = part
+            hf_key = _fill(spec.hf, names)
+            out.setdefault(hf_key, tensor)  # placeholder keeps the key order
+            groups.setdefault(hf_key, (spec, names, {}))[2][index] = tensor
+            continue
+        found = _match(tt_patterns, key, keymap._compiled)
+        if found is None:
+            raise UnknownKeyError(key, family=keymap.family, naming="tt")
+        out[_fill(keymap.rules[found[0]][0], found[1])] = tensor
+    for hf_key, (spec, names, parts) in groups.items():
+        missing = [_fill(p, names) for n, p in enumerate(spec.tt) if n not in parts]
+        if missing:
+            raise CheckpointError(
+                f"cannot build {hf_key!r} for family {keymap.family!r}: it fuses "
+                f"{[_fill(p, names) for p in spec.tt]}, but {missing} are not in the state dict."
+            )
+        out[hf_key] = torch.cat([parts[n] for n in range(len(spec.tt))], dim=spec.dim)
+    return out
+
+
+def tt_module_to_hf(name: str, family: str | KeyMap = "llama") -> str:
+    """Map a tt module name to the HF module name, e.g. for PEFT adapter target keys.
+
+    ``tt_module_to_hf("layers.0.attn.q_proj", "llama") == "model.layers.0.self_attn.q_proj"``
+    """
+    keymap = get_keymap(family)
+    weight_key = f"{name}.weight"
+    part = _fused_part(keymap, weight_key)
+    if part:
+        raise CheckpointError(
+            f"tt module {name!r} is part of the fused HF tensor {_fill(part[0].hf, part[2])!r} "
+            f"in family {keymap.family!r}, so it has no HF module of its own to name."
+        )
+    found = _match([tt for _, tt in keymap.rules], weight_key, keymap._compiled)
+    if found is None:
+        raise UnknownKeyError(name, family=keymap.family, naming="tt module")
+    return _fill(keymap.rules[found[0]][0], found[1]).removesuffix(".weight")
+
+
+def check_shapes(
+    state_dict_tt: Mapping[str, torch.Tensor],
+    config: Mapping,
+    family: str | KeyMap = "llama",
+    *,
+    source: str | None = None,
+) -> None:
+    """Raise ``ShapeMismatchError`` for the first tt tensor whose shape the config contradicts."""
+    keymap = get_keymap(family)
+    patterns = [pattern for pattern, _ in keymap.tt_shapes]
+    for key, tensor in state_dict_tt.items():
+        found = _match(patterns, key, keymap._compiled)
+        if found is None:
+            continue
+        expressions = keymap.tt_shapes[found[0]][1]
+        expected = tuple(eval_size(expr, config) for expr in expressions)
+        if tuple(tensor.shape) != expected:
+            reason = f"the config ({' x '.join(expressions)})"
+            raise ShapeMismatchError(
+                key, tuple(tensor.shape), expected, source=source, reason=reason
+            )

@@ -1,0 +1,86 @@
+"""Test helpers: tiny random-init transformers Llama models and hand-written tt naming."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+N_LAYERS = 2
+
+
+def tiny_llama(tie: bool = False, seed: int = 0) -> LlamaForCausalLM:
+    """A 2-layer Llama with grouped-query attention (4 query heads, 2 kv heads)."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=tie,
+    )
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        # Random norms so a swapped norm weight would change the logits.
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.uniform_(0.5, 1.5)
+    return model
+
+
+def expected_tt_keys(tied: bool = False) -> set[str]:
+    """The tt naming from docs/CONTRACTS.md, written out by hand."""
+    keys = {"tok_embeddings.weight", "norm.weight"}
+    if not tied:
+        keys.add("output.weight")
+    for i in range(N_LAYERS):
+        keys |= {f"layers.{i}.attn_norm.weight", f"layers.{i}.mlp_norm.weight"}
+        keys |= {f"layers.{i}.attn.{p}_proj.weight" for p in "qkvo"}
+        keys |= {f"layers.{i}.mlp.{p}_proj.weight" for p in ("gate", "up", "down")}
+    return keys
+
+
+def hf_as_tt(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
+    """The model's state dict renamed by hand (independent of tt_ckpt.keymaps)."""
+    names = {
+        "model.embed_tokens": "tok_embeddings",
+        "model.norm": "norm",
+        "lm_head": "output",
+        "model.layers": "layers",
+        "self_attn": "attn",
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "mlp_norm",
+    }
+    out = {}
+    for key, tensor in model.state_dict().items():
+        for old, new in names.items():
+            key = key.replace(old, new)
+        out[key] = tensor
+    if model.config.tie_word_embeddings:
+        out.pop("output.weight", None)
+    return out
+
+
+def assert_same_tensors(actual: dict, expected: dict) -> None:
+    assert set(actual) == set(expected)
+    for key, tensor in expected.items():
+        torch.testing.assert_close(actual[key], tensor, rtol=0, atol=0, msg=key)
+
+
+def write_tokenizer(path: Path) -> None:
+    """Train a tiny byte-level BPE and save it as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"])
+    text = ["the quick brown fox jumps over the lazy dog"] * 50
+    tokenizer.train_from_iterator(text, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>")
+    fast.save_pretrained(path)
