@@ -3,3 +3,64 @@
 Turns raw text and conversations into training batches. Depends on torch, datasets,
 sentencepiece, tiktoken, tokenizers and jinja2, never on another tt package.
 """
+
+from tt_data import tokenizers
+from tt_data.collate import (
+    block_causal_mask,
+    padded_collate_packed,
+    padded_collate_preference,
+    padded_collate_sft,
+)
+from tt_data.datasets import (
+    CROSS_ENTROPY_IGNORE_INDEX,
+    alpaca,
+    alpaca_cleaned,
+    chat_dataset,
+    cnn_dailymail,
+    grammar,
+    gsm8k,
+    hh_rlhf_helpful,
+    instruct_dataset,
+    preference_dataset,
+    samsum,
+    slimorca,
+    stack_exchange_paired,
+    synthetic_arithmetic,
+    synthetic_arithmetic_preference,
+    text_completion_dataset,
+    wikitext,
+)
+from tt_data.messages import Message, apply_masking
+from tt_data.packing import IterablePackedDataset, PackedDataset
+from tt_data.tokenizers import ModelTokenizer, from_pretrained
+
+__all__ = [
+    "CROSS_ENTROPY_IGNORE_INDEX",
+    "IterablePackedDataset",
+    "Message",
+    "ModelTokenizer",
+    "PackedDataset",
+    "alpaca",
+    "alpaca_cleaned",
+    "apply_masking",
+    "block_causal_mask",
+    "chat_dataset",
+    "cnn_dailymail",
+    "from_pretrained",
+    "grammar",
+    "gsm8k",
+    "hh_rlhf_helpful",
+    "instruct_dataset",
+    "padded_collate_packed",
+    "padded_collate_preference",
+    "padded_collate_sft",
+    "preference_dataset",
+    "samsum",
+    "slimorca",
+    "stack_exchange_paired",
+    "synthetic_arithmetic",
+    "synthetic_arithmetic_preference",
+    "text_completion_dataset",
+    "tokenizers",
+    "wikitext",
+]

@@ -1,0 +1,254 @@
+"""Tokenized datasets and the generic builders on top of ``datasets.load_dataset``.
+
+Items (unshifted labels; the recipe shifts them; -100 marks positions without loss):
+
+- SFT / text: ``{"tokens": list[int], "labels": list[int]}``
+- preference: ``{"chosen_tokens", "chosen_labels", "rejected_tokens", "rejected_labels"}``
+
+A map-style source gives a map-style dataset (``len``/``__getitem__``, tokenized lazily and
+deterministically), so a sampler plus a saved position resumes exactly. ``streaming=True``
+gives an iterable dataset whose ``iter_from(n)`` skips raw rows without tokenizing them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import datasets
+import torch
+
+from tt_data.messages import Message, apply_masking, check_masking_strategy
+from tt_data.tokenizers.protocol import ModelTokenizer
+from tt_data.transforms import (
+    ChosenRejectedToMessages,
+    InputOutputToMessages,
+    OpenAIToMessages,
+    RowTransform,
+    ShareGPTToMessages,
+)
+
+CROSS_ENTROPY_IGNORE_INDEX = -100
+Sample = dict[str, list[int]]
+SampleFn = Callable[[Mapping[str, Any], int], Sample]
+
+
+def labels_from_mask(tokens: list[int], mask: list[bool]) -> list[int]:
+    """Tokens with masked positions replaced by -100."""
+    return [CROSS_ENTROPY_IGNORE_INDEX if m else t for t, m in zip(tokens, mask)]
+
+
+class SFTTransform:
+    """Row -> messages -> masked tokens: ``{"tokens", "labels"}``."""
+
+    def __init__(
+        self,
+        tokenizer: ModelTokenizer,
+        message_transform: Callable[[Mapping[str, Any], int], list[Message]],
+        masking_strategy: str = "train_on_assistant",
+    ) -> None:
+        check_masking_strategy(masking_strategy)
+        self.tokenizer = tokenizer
+        self.message_transform = message_transform
+        self.masking_strategy = masking_strategy
+
+    def tokenize(self, messages: list[Message]) -> Sample:
+        """Mask and tokenize one conversation."""
+        messages = apply_masking(messages, self.masking_strategy)
+        tokens, mask = self.tokenizer.tokenize_messages(messages)
+        return {"tokens": tokens, "labels": labels_from_mask(tokens, mask)}
+
+    def __call__(self, row: Mapping[str, Any], index: int) -> Sample:
+        return self.tokenize(self.message_transform(row, index))
+
+
+class PreferenceTransform(SFTTransform):
+    """Row -> (chosen, rejected) -> ``{"chosen_tokens", ..., "rejected_labels"}``."""
+
+    def __call__(self, row: Mapping[str, Any], index: int) -> Sample:
+        chosen, rejected = self.message_transform(row, index)
+        out = {}
+        for prefix, messages in (("chosen", chosen), ("rejected", rejected)):
+            sample = self.tokenize(messages)
+            out[f"{prefix}_tokens"], out[f"{prefix}_labels"] = sample["tokens"], sample["labels"]
+        return out
+
+
+class TextTransform(RowTransform):
+    """Row ``{"text"}`` -> bos + text + eos, every token trained, truncated to max_seq_len."""
+
+    def __init__(
+        self, tokenizer: ModelTokenizer, column_map: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(column_map)
+        self.tokenizer = tokenizer
+
+    def __call__(self, row: Mapping[str, Any], index: int) -> Sample:
+        tokens = self.tokenizer.encode(self.field(row, "text", index))
+        truncate = getattr(self.tokenizer, "truncate", None)
+        if truncate is not None:
+            tokens, _ = truncate(tokens, [False] * len(tokens))
+        return {"tokens": tokens, "labels": list(tokens)}
+
+
+class TokenizedDataset(torch.utils.data.Dataset):
+    """Map-style: item ``i`` is ``sample_fn(rows[i], i)``, computed on access."""
+
+    def __init__(self, rows: datasets.Dataset, sample_fn: SampleFn) -> None:
+        self.rows = rows
+        self.sample_fn = sample_fn
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.sample_fn(self.rows[index], index)
+
+
+class StreamingTokenizedDataset(torch.utils.data.IterableDataset):
+    """Iterable: tokenizes rows as they stream in, holding one row at a time."""
+
+    def __init__(self, rows: Any, sample_fn: SampleFn) -> None:
+        self.rows = rows
+        self.sample_fn = sample_fn
+
+    def iter_from(self, start: int) -> Iterator[Sample]:
+        """Samples from raw row ``start`` on; skipped rows are not tokenized."""
+        for index, row in enumerate(self.rows):
+            if index >= start:
+                yield self.sample_fn(row, index)
+
+    def __iter__(self) -> Iterator[Sample]:
+        return self.iter_from(0)
+
+
+def load_rows(
+    source: str,
+    split: str = "train",
+    filter_fn: Callable[[dict], bool] | None = None,
+    **load_dataset_kwargs: Any,
+) -> datasets.Dataset | datasets.IterableDataset:
+    """``datasets.load_dataset(source, split=split, ...)``, filtered, refusing empty results."""
+    rows = datasets.load_dataset(source, split=split, **load_dataset_kwargs)
+    where = f"dataset {source!r} (split={split!r}, {load_dataset_kwargs})"
+    if not isinstance(rows, (datasets.Dataset, datasets.IterableDataset)):
+        raise ValueError(f"{where} gave a {type(rows).__name__}; pass a single split")
+    if filter_fn is not None:
+        rows = rows.filter(filter_fn)
+    if isinstance(rows, datasets.Dataset) and len(rows) == 0:
+        reason = " after filter_fn" if filter_fn is not None else ""
+        raise ValueError(f"{where} has no rows{reason}; a training dataset cannot be empty")
+    return rows
+
+
+def build_dataset(
+    rows: datasets.Dataset | datasets.IterableDataset,
+    sample_fn: SampleFn,
+    packed: bool,
+    tokenizer: ModelTokenizer,
+    max_seq_len: int | None = None,
+) -> torch.utils.data.Dataset:
+    """Wrap rows as a map-style or streaming dataset, packed when asked."""
+    if isinstance(rows, datasets.IterableDataset):
+        dataset: Any = StreamingTokenizedDataset(rows, sample_fn)
+    else:
+        dataset = TokenizedDataset(rows, sample_fn)
+    if not packed:
+        return dataset
+    from tt_data.packing import IterablePackedDataset, PackedDataset
+
+    max_len = max_seq_len or tokenizer.max_seq_len
+    if max_len is None:
+        raise ValueError(
+            "packed=True needs a pack length: set max_seq_len on the tokenizer "
+            "(from_pretrained(dir, max_seq_len=...)) or pass max_seq_len= to the builder"
+        )
+    pack_cls = (
+        IterablePackedDataset if isinstance(dataset, StreamingTokenizedDataset) else PackedDataset
+    )
+    return pack_cls(dataset, max_seq_len=max_len, pad_id=tokenizer.pad_id)
+
+
+def instruct_dataset(
+    tokenizer: ModelTokenizer,
+    *,
+    source: str,
+    column_map: Mapping[str, str] | None = None,
+    split: str = "train",
+    packed: bool = False,
+    filter_fn: Callable[[dict], bool] | None = None,
+    train_on_input: bool = False,
+    prompt_template: str | None = None,
+    system_prompt: str | None = None,
+    max_seq_len: int | None = None,
+    **load_dataset_kwargs: Any,
+) -> torch.utils.data.Dataset:
+    """Input/output rows as a user turn and an assistant answer (answer trained)."""
+    transform = InputOutputToMessages(column_map, prompt_template, system_prompt)
+    strategy = "train_on_all" if train_on_input else "train_on_assistant"
+    rows = load_rows(source, split, filter_fn, **load_dataset_kwargs)
+    sample_fn = SFTTransform(tokenizer, transform, strategy)
+    return build_dataset(rows, sample_fn, packed, tokenizer, max_seq_len)
+
+
+CONVERSATION_STYLES = {"sharegpt": ShareGPTToMessages, "openai": OpenAIToMessages}
+
+
+def chat_dataset(
+    tokenizer: ModelTokenizer,
+    *,
+    source: str,
+    conversation_style: str = "openai",
+    column_map: Mapping[str, str] | None = None,
+    split: str = "train",
+    packed: bool = False,
+    filter_fn: Callable[[dict], bool] | None = None,
+    masking_strategy: str = "train_on_assistant",
+    max_seq_len: int | None = None,
+    **load_dataset_kwargs: Any,
+) -> torch.utils.data.Dataset:
+    """Multi-turn conversations in ShareGPT (``conversations``) or OpenAI (``messages``) form."""
+    if conversation_style not in CONVERSATION_STYLES:
+        raise ValueError(
+            f"conversation_style {conversation_style!r} is not valid; expected one of "
+            f"{sorted(CONVERSATION_STYLES)}"
+        )
+    transform = CONVERSATION_STYLES[conversation_style](column_map)
+    rows = load_rows(source, split, filter_fn, **load_dataset_kwargs)
+    sample_fn = SFTTransform(tokenizer, transform, masking_strategy)
+    return build_dataset(rows, sample_fn, packed, tokenizer, max_seq_len)
+
+
+def preference_dataset(
+    tokenizer: ModelTokenizer,
+    *,
+    source: str,
+    column_map: Mapping[str, str] | None = None,
+    split: str = "train",
+    packed: bool = False,
+    filter_fn: Callable[[dict], bool] | None = None,
+    masking_strategy: str = "train_on_assistant",
+    max_seq_len: int | None = None,
+    **load_dataset_kwargs: Any,
+) -> torch.utils.data.Dataset:
+    """Chosen/rejected pairs (strings with a prompt, or full message lists)."""
+    transform = ChosenRejectedToMessages(column_map)
+    rows = load_rows(source, split, filter_fn, **load_dataset_kwargs)
+    sample_fn = PreferenceTransform(tokenizer, transform, masking_strategy)
+    return build_dataset(rows, sample_fn, packed, tokenizer, max_seq_len)
+
+
+def text_completion_dataset(
+    tokenizer: ModelTokenizer,
+    *,
+    source: str,
+    column_map: Mapping[str, str] | None = None,
+    split: str = "train",
+    packed: bool = False,
+    filter_fn: Callable[[dict], bool] | None = None,
+    max_seq_len: int | None = None,
+    **load_dataset_kwargs: Any,
+) -> torch.utils.data.Dataset:
+    """Plain text (column ``text``) for continued pre-training; every token trained."""
+    rows = load_rows(source, split, filter_fn, **load_dataset_kwargs)
+    return build_dataset(rows, TextTransform(tokenizer, column_map), packed, tokenizer, max_seq_len)

@@ -1,0 +1,86 @@
+"""Deterministic generated arithmetic tasks, so recipes can show learning offline on CPU.
+
+Rows look like ``{"input": "What is 17 + 25?", "output": "42"}``; the text depends only on
+``(n, seed, split, max_operand)``. Train and validation draw from separate random streams.
+A ~1-5M parameter model learns two-operand sums up to 20 + 20 in a minute or two on CPU.
+"""
+
+from __future__ import annotations
+
+import random
+
+import datasets
+import torch
+
+from tt_data.datasets.base import (
+    PreferenceTransform,
+    SFTTransform,
+    build_dataset,
+)
+from tt_data.tokenizers.protocol import ModelTokenizer
+from tt_data.transforms import ChosenRejectedToMessages, InputOutputToMessages
+
+SPLITS = ("train", "validation")
+
+
+def _rng(seed: int, split: str) -> random.Random:
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not valid for synthetic data; expected {SPLITS}")
+    # str seeds hash with SHA-512, so the stream is the same on every run and platform.
+    return random.Random(f"tt-synthetic-arithmetic:{seed}:{split}")
+
+
+def arithmetic_rows(
+    n: int, seed: int = 0, split: str = "train", max_operand: int = 20
+) -> list[dict[str, str]]:
+    """``n`` rows ``{"input": "What is a + b?", "output": str(a + b), "wrong": ...}``.
+
+    ``wrong`` is a deterministic incorrect answer (the rejected side of preference pairs).
+    """
+    if n < 1 or max_operand < 1:
+        raise ValueError(f"need n >= 1 and max_operand >= 1, got n={n}, max_operand={max_operand}")
+    rng = _rng(seed, split)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
+        offset = rng.choice([d for d in range(-3, 4) if d != 0 and a + b + d >= 0])
+        rows.append(
+            {"input": f"What is {a} + {b}?", "output": str(a + b), "wrong": str(a + b + offset)}
+        )
+    return rows
+
+
+def synthetic_arithmetic(
+    tokenizer: ModelTokenizer,
+    *,
+    n: int = 1000,
+    seed: int = 0,
+    split: str = "train",
+    max_operand: int = 20,
+    packed: bool = False,
+    max_seq_len: int | None = None,
+) -> torch.utils.data.Dataset:
+    """SFT dataset of addition questions; only the answer is trained."""
+    rows = datasets.Dataset.from_list(arithmetic_rows(n, seed, split, max_operand))
+    sample_fn = SFTTransform(tokenizer, InputOutputToMessages())
+    return build_dataset(rows, sample_fn, packed, tokenizer, max_seq_len)
+
+
+def synthetic_arithmetic_preference(
+    tokenizer: ModelTokenizer,
+    *,
+    n: int = 1000,
+    seed: int = 0,
+    split: str = "train",
+    max_operand: int = 20,
+    packed: bool = False,
+    max_seq_len: int | None = None,
+) -> torch.utils.data.Dataset:
+    """Preference pairs: the correct sum is chosen, a near-miss is rejected."""
+    pairs = [
+        {"prompt": r["input"], "chosen": r["output"], "rejected": r["wrong"]}
+        for r in arithmetic_rows(n, seed, split, max_operand)
+    ]
+    rows = datasets.Dataset.from_list(pairs)
+    sample_fn = PreferenceTransform(tokenizer, ChosenRejectedToMessages())
+    return build_dataset(rows, sample_fn, packed, tokenizer, max_seq_len)

@@ -1,0 +1,88 @@
+"""The tokenizer protocol every backend implements, and the shared truncation logic.
+
+``tokenize_messages`` returns ``(tokens, mask)`` where ``mask[i] is True`` means token ``i``
+is NOT trained (its label becomes -100). Sequences longer than ``max_seq_len`` are cut to
+``max_seq_len`` tokens whose last one is ``eos_id``, so a truncated sample still teaches the
+model to stop. Truncations are counted in ``num_truncated`` and logged once per tokenizer.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol, runtime_checkable
+
+from tt_data.messages import Message
+
+logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class ModelTokenizer(Protocol):
+    """What datasets, collators and recipes need from a tokenizer."""
+
+    bos_id: int | None
+    eos_id: int
+    pad_id: int
+    stop_tokens: list[int]
+    max_seq_len: int | None
+
+    def encode(self, text: str, add_bos: bool = True, add_eos: bool = True) -> list[int]:
+        """Token ids of ``text``, optionally wrapped in bos/eos."""
+        ...
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of ``ids``."""
+        ...
+
+    def tokenize_messages(
+        self, messages: list[Message], *, add_generation_prompt: bool = False
+    ) -> tuple[list[int], list[bool]]:
+        """Token ids of a formatted conversation and the per-token mask (True = not trained)."""
+        ...
+
+
+def truncate(
+    tokens: list[int], mask: list[bool], max_seq_len: int, eos_id: int
+) -> tuple[list[int], list[bool]]:
+    """Cut to ``max_seq_len`` tokens, making the last one ``eos_id`` (its mask is kept)."""
+    if max_seq_len < 1:
+        raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
+    if len(tokens) <= max_seq_len:
+        return tokens, mask
+    return tokens[: max_seq_len - 1] + [eos_id], mask[: max_seq_len - 1] + [mask[-1]]
+
+
+class TruncatingTokenizer:
+    """Mixin: turns a backend's ``_format_messages`` into a truncating ``tokenize_messages``."""
+
+    eos_id: int
+    max_seq_len: int | None
+    num_truncated: int = 0
+
+    def _format_messages(
+        self, messages: list[Message], add_generation_prompt: bool
+    ) -> tuple[list[int], list[bool]]:
+        raise NotImplementedError
+
+    def tokenize_messages(
+        self, messages: list[Message], *, add_generation_prompt: bool = False
+    ) -> tuple[list[int], list[bool]]:
+        """Token ids of the formatted conversation and its mask (True = not trained)."""
+        if not messages:
+            raise ValueError("tokenize_messages got an empty message list")
+        tokens, mask = self._format_messages(messages, add_generation_prompt)
+        return self.truncate(tokens, mask)
+
+    def truncate(self, tokens: list[int], mask: list[bool]) -> tuple[list[int], list[bool]]:
+        """Apply ``max_seq_len`` (if set), counting and logging the first truncation."""
+        if self.max_seq_len is None or len(tokens) <= self.max_seq_len:
+            return tokens, mask
+        if self.num_truncated == 0:
+            logger.warning(
+                "A sequence of %d tokens was truncated to max_seq_len=%d; further truncations "
+                "are counted in tokenizer.num_truncated instead of being logged.",
+                len(tokens),
+                self.max_seq_len,
+            )
+        self.num_truncated += 1
+        return truncate(tokens, mask, self.max_seq_len, self.eos_id)

@@ -1,0 +1,99 @@
+"""SentencePiece backend (Llama 2, Mistral, Gemma model files) with two chat formats.
+
+``chat_format="mistral"``: ``<s>[INST] {user} [/INST] {assistant}</s>[INST] ...`` with the
+system prompt prepended to the first user turn (Mistral/Llama 2 instruct style).
+``chat_format="gemma"``: ``<bos><start_of_turn>user\\n{user}<end_of_turn>\\n<start_of_turn>
+model\\n{assistant}<end_of_turn>\\n`` (needs those pieces in the model, as Gemma's has).
+Each segment is encoded separately, so masks follow message boundaries exactly.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tt_data.messages import Message
+from tt_data.tokenizers.protocol import TruncatingTokenizer
+
+# (prompt text around a user turn, text after an assistant turn, end with eos id?)
+CHAT_FORMATS: dict[str, tuple[str, str, bool]] = {
+    "mistral": ("[INST] {content} [/INST]", "{content}", True),
+    "gemma": (
+        "<start_of_turn>user\n{content}<end_of_turn>\n<start_of_turn>model\n",
+        "{content}<end_of_turn>\n",
+        False,
+    ),
+}
+
+
+class SentencePieceTokenizer(TruncatingTokenizer):
+    """A SentencePiece model file with an instruct chat format."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        max_seq_len: int | None = None,
+        chat_format: str = "mistral",
+    ) -> None:
+        import sentencepiece
+
+        if chat_format not in CHAT_FORMATS:
+            raise ValueError(
+                f"chat_format {chat_format!r} is not valid for SentencePieceTokenizer; "
+                f"expected one of {sorted(CHAT_FORMATS)}"
+            )
+        self._sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        self.chat_format = chat_format
+        self.bos_id = self._sp.bos_id() if self._sp.bos_id() >= 0 else None
+        if self._sp.eos_id() < 0:
+            raise ValueError(f"{path}: the SentencePiece model has no eos piece (eos_id=-1)")
+        self.eos_id = self._sp.eos_id()
+        # Padding is masked out of the loss, so eos is a safe stand-in for a missing pad.
+        self.pad_id = self._sp.pad_id() if self._sp.pad_id() >= 0 else self.eos_id
+        end_of_turn = self._sp.piece_to_id("<end_of_turn>")
+        has_end_of_turn = end_of_turn != self._sp.unk_id()
+        self.stop_tokens = sorted({self.eos_id, *([end_of_turn] if has_end_of_turn else [])})
+        self.max_seq_len = max_seq_len
+        self.num_truncated = 0
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of pieces."""
+        return self._sp.get_piece_size()
+
+    def encode(self, text: str, add_bos: bool = True, add_eos: bool = True) -> list[int]:
+        """Token ids of ``text``, optionally wrapped in bos/eos."""
+        ids = self._sp.encode(text)
+        if add_bos and self.bos_id is not None:
+            ids = [self.bos_id, *ids]
+        return ids + [self.eos_id] if add_eos else ids
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of ``ids``."""
+        return self._sp.decode(list(ids))
+
+    def _format_messages(
+        self, messages: list[Message], add_generation_prompt: bool
+    ) -> tuple[list[int], list[bool]]:
+        user_fmt, assistant_fmt, end_with_eos = CHAT_FORMATS[self.chat_format]
+        tokens = [] if self.bos_id is None else [self.bos_id]
+        mask = [True] * len(tokens)
+        system = ""
+        for message in messages:
+            if message.role == "system":
+                system = message.content + "\n\n"
+                continue
+            if message.role == "user":
+                text = user_fmt.format(content=system + message.content)
+                ids = self.encode(text, add_bos=False, add_eos=False)
+                system = ""
+            elif message.role == "assistant":
+                text = assistant_fmt.format(content=message.content)
+                ids = self.encode(text, add_bos=False, add_eos=end_with_eos)
+            else:
+                raise ValueError(
+                    f"role {message.role!r} is not supported by the {self.chat_format!r} "
+                    "SentencePiece chat format; use system, user or assistant"
+                )
+            tokens += ids
+            mask += [message.masked] * len(ids)
+        return tokens, mask

@@ -1,0 +1,203 @@
+import json
+import logging
+
+import datasets
+import pytest
+import tt_data
+from tt_data.messages import Message
+from tt_data.tokenizers import Llama3Tokenizer
+
+IGNORE = -100
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def trained_text(tok, item, prefix=""):
+    return tok.decode([t for t in item[f"{prefix}labels"] if t != IGNORE])
+
+
+def test_instruct_dataset_masks_prompt_and_trains_answer(tmp_path, llama3_tokenizer):
+    tok = llama3_tokenizer
+    files = write_jsonl(tmp_path / "d.jsonl", [{"question": "What is 1 + 2?", "answer": "3"}])
+    ds = tt_data.instruct_dataset(
+        tok, source="json", data_files=files, column_map={"input": "question", "output": "answer"}
+    )
+    item = ds[0]
+    expected, mask = tok.tokenize_messages(
+        [Message("user", "What is 1 + 2?", masked=True), Message("assistant", "3")]
+    )
+    assert item["tokens"] == expected
+    assert item["labels"] == [IGNORE if m else t for t, m in zip(expected, mask)]
+    assert trained_text(tok, item) == "<|start_header_id|>assistant<|end_header_id|>\n\n3<|eot_id|>"
+    all_trained = tt_data.instruct_dataset(tok, source="json", data_files=files, train_on_input=True,
+                                           column_map={"input": "question", "output": "answer"})  # fmt: skip
+    assert all_trained[0]["labels"][1:] == all_trained[0]["tokens"][1:]
+
+
+def test_missing_column_names_column_row_and_present_columns(tmp_path, llama3_tokenizer):
+    rows = [{"input": "a", "output": "b"}, {"input": "c", "answer": "d"}]
+    ds = tt_data.instruct_dataset(
+        llama3_tokenizer, source="json", data_files=write_jsonl(tmp_path / "d.jsonl", rows)
+    )
+    assert len(ds[0]["tokens"]) > 0
+    with pytest.raises(KeyError, match=r"row 1: missing column 'output'.*\['answer', 'input'\]"):
+        ds[1]
+
+
+def test_non_string_field_names_row(tmp_path, llama3_tokenizer):
+    rows = [{"input": "a", "output": "b"}, {"input": "c", "output": ["x"]}]
+    files = write_jsonl(tmp_path / "d.jsonl", [rows[0]])
+    ds = tt_data.instruct_dataset(llama3_tokenizer, source="json", data_files=files)
+    transform = ds.sample_fn
+    with pytest.raises(TypeError, match=r"row 7: column 'output' must be a str, got list"):
+        transform(rows[1], 7)
+
+
+def test_empty_dataset_is_an_error(tmp_path, llama3_tokenizer):
+    files = write_jsonl(tmp_path / "d.jsonl", [{"input": "a", "output": "b"}])
+    with pytest.raises(ValueError, match=r"dataset 'json'.*has no rows after filter_fn"):
+        tt_data.instruct_dataset(
+            llama3_tokenizer, source="json", data_files=files, filter_fn=lambda r: False
+        )
+
+
+def test_truncation_keeps_eos_and_is_reported_once(tmp_path, tiktoken_file, caplog):
+    tok = Llama3Tokenizer(tiktoken_file, max_seq_len=16)
+    rows = [{"text": "The quick brown fox jumps over the lazy dog. " * 5}] * 4
+    ds = tt_data.text_completion_dataset(
+        tok, source="json", data_files=write_jsonl(tmp_path / "t.jsonl", rows)
+    )
+    with caplog.at_level(logging.WARNING):
+        items = [ds[i] for i in range(len(ds))]
+    assert all(len(it["tokens"]) == 16 and it["tokens"][-1] == tok.eos_id for it in items)
+    assert all(it["labels"] == it["tokens"] for it in items)
+    assert tok.num_truncated == 4
+    assert sum("truncated" in r.message for r in caplog.records) == 1
+
+
+def test_chat_dataset_sharegpt_and_openai_agree(tmp_path, llama3_tokenizer):
+    sharegpt = {"conversations": [{"from": "system", "value": "Be brief."},
+                                  {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"},
+                                  {"from": "human", "value": "Bye"}, {"from": "gpt", "value": "Bye!"}]}  # fmt: skip
+    role = {"system": "system", "human": "user", "gpt": "assistant"}
+    openai = {"messages": [{"role": role[t["from"]], "content": t["value"]} for t in sharegpt["conversations"]]}  # fmt: skip
+    a = tt_data.chat_dataset(llama3_tokenizer, source="json", conversation_style="sharegpt",
+                             data_files=write_jsonl(tmp_path / "s.jsonl", [sharegpt]))  # fmt: skip
+    b = tt_data.chat_dataset(llama3_tokenizer, source="json",
+                             data_files=write_jsonl(tmp_path / "o.jsonl", [openai]))  # fmt: skip
+    assert a[0] == b[0]
+    assert trained_text(llama3_tokenizer, a[0]).count("<|eot_id|>") == 2
+    last = tt_data.chat_dataset(llama3_tokenizer, source="json", masking_strategy="train_on_last",
+                                data_files=write_jsonl(tmp_path / "o.jsonl", [openai]))  # fmt: skip
+    assert "Hello" not in trained_text(llama3_tokenizer, last[0])
+    with pytest.raises(ValueError, match=r"conversation_style 'chatml'.*'openai', 'sharegpt'"):
+        tt_data.chat_dataset(llama3_tokenizer, source="json", conversation_style="chatml",
+                             data_files=write_jsonl(tmp_path / "o.jsonl", [openai]))  # fmt: skip
+    bad = {"conversations": [{"from": "robot", "value": "x"}]}
+    with pytest.raises(ValueError, match=r"row 0: turn 0 has 'from'='robot'"):
+        tt_data.chat_dataset(llama3_tokenizer, source="json", conversation_style="sharegpt",
+                             data_files=write_jsonl(tmp_path / "b.jsonl", [bad]))[0]  # fmt: skip
+
+
+def test_preference_dataset_string_and_message_list_forms(tmp_path, llama3_tokenizer):
+    tok = llama3_tokenizer
+    strings = {"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "5"}
+    lists = {
+        "chosen": [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}],
+        "rejected": [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "5"}],
+    }  # fmt: skip
+    a = tt_data.preference_dataset(
+        tok, source="json", data_files=write_jsonl(tmp_path / "a.jsonl", [strings])
+    )
+    b = tt_data.preference_dataset(
+        tok, source="json", data_files=write_jsonl(tmp_path / "b.jsonl", [lists])
+    )
+    assert a[0] == b[0]
+    assert trained_text(tok, a[0], "chosen_").endswith("4<|eot_id|>")
+    assert trained_text(tok, a[0], "rejected_").endswith("5<|eot_id|>")
+
+
+NAMED = {
+    "alpaca": [{"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
+               {"instruction": "Say hi.", "input": "", "output": "hi"}],
+    "alpaca_cleaned": [{"instruction": "Say hi.", "input": "", "output": "hi"}],
+    "slimorca": [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}],
+    "samsum": [{"id": "1", "dialogue": "Alice: hi\nBob: hello", "summary": "They greet."}],
+    "grammar": [{"input": "she go home", "output": "She goes home."}],
+    "gsm8k": [{"question": "What is 2 + 2?", "answer": "2 + 2 = 4\n#### 4"}],
+    "stack_exchange_paired": [{"qid": 1, "question": "How?", "response_j": "Like this.",
+                               "response_k": "No idea.", "date": "2020"}],
+    "hh_rlhf_helpful": [{"chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+                         "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away"}]}],
+    "wikitext": [{"page": "Valkyria Chronicles is a video game."}],
+    "cnn_dailymail": [{"article": "The news today.", "highlights": "News.", "id": "x"}],
+}  # fmt: skip
+EXPECTED_TRAINED = {
+    "alpaca": "5", "alpaca_cleaned": "hi", "slimorca": "Hello", "samsum": "They greet.",
+    "grammar": "She goes home.", "gsm8k": "#### 4", "stack_exchange_paired": "Like this.",
+    "hh_rlhf_helpful": "Hello", "wikitext": "video game.", "cnn_dailymail": "The news today.",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(NAMED))
+def test_named_builders_on_local_files_with_hub_schema(tmp_path, llama3_tokenizer, name):
+    files = write_jsonl(tmp_path / f"{name}.jsonl", NAMED[name])
+    ds = getattr(tt_data, name)(llama3_tokenizer, source="json", data_files=files)
+    assert len(ds) == len(NAMED[name])
+    prefix = "chosen_" if "chosen_tokens" in ds[0] else ""
+    assert EXPECTED_TRAINED[name] in trained_text(llama3_tokenizer, ds[0], prefix)
+
+
+def test_alpaca_prompt_with_and_without_input(tmp_path, llama3_tokenizer):
+    files = write_jsonl(tmp_path / "a.jsonl", NAMED["alpaca"])
+    ds = tt_data.alpaca(llama3_tokenizer, source="json", data_files=files)
+    with_input, without = (llama3_tokenizer.decode(ds[i]["tokens"]) for i in range(2))
+    assert "### Input:\n2 and 3\n\n### Response:" in with_input
+    assert "### Input" not in without and "paired with an input" not in without
+
+
+def test_streaming_source_gives_iterable_dataset(tmp_path, llama3_tokenizer):
+    rows = [{"input": f"q{i}", "output": f"a{i}"} for i in range(5)]
+    files = write_jsonl(tmp_path / "d.jsonl", rows)
+    kw = dict(source="json", data_files=files)
+    eager = tt_data.instruct_dataset(llama3_tokenizer, **kw)
+    streamed = tt_data.instruct_dataset(llama3_tokenizer, streaming=True, **kw)
+    assert list(streamed) == [eager[i] for i in range(5)]
+    assert list(streamed.iter_from(3)) == [eager[3], eager[4]]
+
+
+def test_synthetic_arithmetic_is_deterministic_and_correct(llama3_tokenizer):
+    rows = tt_data.datasets.arithmetic_rows(50, seed=3)
+    assert rows == tt_data.datasets.arithmetic_rows(50, seed=3)
+    assert rows != tt_data.datasets.arithmetic_rows(50, seed=3, split="validation")
+    for row in rows:
+        a, b = (
+            int(x) for x in row["input"].removeprefix("What is ").removesuffix("?").split(" + ")
+        )
+        assert row["output"] == str(a + b) and row["wrong"] != row["output"]
+    ds = tt_data.synthetic_arithmetic(llama3_tokenizer, n=50, seed=3)
+    assert trained_text(llama3_tokenizer, ds[0]).endswith(f"{rows[0]['output']}<|eot_id|>")
+    pref = tt_data.synthetic_arithmetic_preference(llama3_tokenizer, n=50, seed=3)
+    assert trained_text(llama3_tokenizer, pref[0], "rejected_").endswith(
+        f"{rows[0]['wrong']}<|eot_id|>"
+    )
+    with pytest.raises(ValueError, match=r"split 'test' is not valid.*'validation'"):
+        tt_data.datasets.arithmetic_rows(5, split="test")
+
+
+def test_packed_builder_needs_a_length(tmp_path, llama3_tokenizer):
+    with pytest.raises(ValueError, match="packed=True needs a pack length"):
+        tt_data.synthetic_arithmetic(llama3_tokenizer, n=4, packed=True)
+    packed = tt_data.synthetic_arithmetic(llama3_tokenizer, n=20, packed=True, max_seq_len=128)
+    assert isinstance(packed, tt_data.PackedDataset) and len(packed) < 20
+
+
+def test_hf_dataset_rows_are_accepted(llama3_tokenizer):
+    # load_rows hands back a datasets.Dataset; in-memory ones work the same through the builders
+    rows = datasets.Dataset.from_list([{"input": "x", "output": "y"}])
+    ds = tt_data.datasets.TokenizedDataset(rows, tt_data.datasets.SFTTransform(
+        llama3_tokenizer, tt_data.datasets.base.InputOutputToMessages()))  # fmt: skip
+    assert trained_text(llama3_tokenizer, ds[0]).endswith("y<|eot_id|>")
