@@ -1,0 +1,277 @@
+"""Loading full weights into a sharded model, gathering them back, and resumable checkpoints.
+
+Training state goes through torch.distributed.checkpoint (DCP): every rank writes its own
+shards plus metadata describing the global tensors, so a checkpoint written by N processes
+loads into M processes (M != N is fine; 1 means no process group at all).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
+from torch.distributed.tensor import DTensor, Replicate, Shard
+
+from tt_dist.process_group import is_rank_zero
+
+EXTRA_FILE = "extra.pt"
+_OPTIM_PREFIX = "optim."
+_PLAIN_TYPES = (int, float, str, bool, type(None), torch.Tensor)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _barrier() -> None:
+    if _distributed():
+        dist.barrier()
+
+
+def _tied_aliases(model: nn.Module) -> dict[str, str]:
+    """State-dict keys that alias an earlier key's parameter (tied embeddings) -> that key."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            aliases[name] = first[id(param)]
+        else:
+            first[id(param)] = name
+    return aliases
+
+
+def _check_keys(model: nn.Module, full_sd: Mapping[str, Any], strict: bool) -> list[str]:
+    """Keys to load; tied aliases missing from ``full_sd`` are skipped (they share storage)."""
+    aliases = _tied_aliases(model)
+    expected = [k for k in model.state_dict() if not (k in aliases and k not in full_sd)]
+    missing = [k for k in expected if k not in full_sd]
+    unexpected = [k for k in full_sd if k not in set(expected) and k not in aliases]
+    if strict and (missing or unexpected):
+        raise KeyError(
+            f"full state dict does not match {type(model).__name__}: missing {missing[:8]}"
+            f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
+            f"{' ...' if len(unexpected) > 8 else ''} (pass strict=False to load a subset)"
+        )
+    return [k for k in expected if k in full_sd]
+
+
+def _refuse_nf4(key: str, *tensors: torch.Tensor) -> None:
+    for t in tensors:
+        if "NF4" in type(t).__name__ or "NF4" in type(getattr(t, "_local_tensor", t)).__name__:
+            raise NotImplementedError(
+                f"{key!r} is an NF4 tensor: loading NF4 (QLoRA) base weights shard by shard is "
+                "not supported yet, because torchao 0.18's NF4Tensor does not implement the "
+                "DTensor slicing/copy ops FSDP2 needs. Load the base model unsharded, or "
+                "quantize after loading bf16 weights on each rank"
+            )
+
+
+def _local_target_and_source(
+    key: str, target: torch.Tensor, full: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's storage for ``key`` and the matching slice of the full tensor."""
+    if tuple(full.shape) != tuple(target.shape):
+        raise ValueError(
+            f"{key!r}: full state dict has shape {tuple(full.shape)}, model expects "
+            f"{tuple(target.shape)}"
+        )
+    if not isinstance(target, DTensor):
+        return target, full
+    placements = tuple(target.placements)
+    if placements == (Replicate(),):
+        return target.to_local(), full
+    if placements != (Shard(0),):
+        raise NotImplementedError(
+            f"{key!r} has placements {placements}; only Shard(0) and Replicate() on a 1-D mesh "
+            "(what shard_model produces) are supported"
+        )
+    # FSDP2 shards dim 0 the way torch.chunk does; trailing ranks may hold an empty shard.
+    index = target.device_mesh.get_local_rank()
+    chunks = full.chunk(target.device_mesh.size(), dim=0)
+    part = chunks[index] if index < len(chunks) else full[:0]
+    return target.to_local(), part
+
+
+def _materialize(model: nn.Module, device: torch.device, init_buffers) -> None:
+    on_meta = any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    if not on_meta:
+        return
+    persistent = set(model.state_dict())
+    volatile = [n for n, _ in model.named_buffers() if n not in persistent]
+    if volatile and init_buffers is None:
+        raise ValueError(
+            f"model is on the meta device and has non-persistent buffers {volatile[:5]} that no "
+            "state dict holds; pass init_buffers=fn (fn(model) recomputes them, e.g. RoPE caches)"
+        )
+    model.to_empty(device=device)
+    if init_buffers is not None:
+        with torch.no_grad():
+            init_buffers(model)
+
+
+@torch.no_grad()
+def load_full_state_dict(
+    model: nn.Module,
+    full_sd: Mapping[str, torch.Tensor],
+    device: torch.device | str,
+    *,
+    strict: bool = True,
+    init_buffers: Callable[[nn.Module], None] | None = None,
+) -> None:
+    """Copy a full (unsharded) state dict into a model that may be sharded and on meta.
+
+    Each rank copies only the slice of each tensor that it owns, so with a memory-mapped
+    ``full_sd`` (``safetensors.torch.load_file`` / ``torch.load(mmap=True)``) no rank ever
+    holds a full copy in RAM; values are cast to the model's dtype on the way. A meta-device
+    model is first allocated on ``device`` (only its shards); ``init_buffers(model)`` then
+    recomputes non-persistent buffers. Tied weights absent from ``full_sd`` are skipped.
+    """
+    keys = _check_keys(model, full_sd, strict)
+    _materialize(model, torch.device(device), init_buffers)
+    targets = model.state_dict()
+    for key in keys:
+        _refuse_nf4(key, targets[key], full_sd[key])
+        local, part = _local_target_and_source(key, targets[key], full_sd[key])
+        local.copy_(part)
+
+
+def gather_full_state_dict(
+    model: nn.Module, *, trainable_only: bool = False
+) -> dict[str, torch.Tensor]:
+    """Full, unsharded CPU state dict on rank 0 (``{}`` on other ranks), e.g. for HF export.
+
+    Every rank must call it (it all-gathers shard by shard). ``trainable_only`` keeps only
+    parameters with ``requires_grad`` (LoRA adapters).
+    """
+    if not _distributed():
+        keep = _trainable_names(model) if trainable_only else set(model.state_dict())
+        return {n: t.detach().cpu().clone() for n, t in model.state_dict().items() if n in keep}
+    options = StateDictOptions(
+        full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only
+    )
+    full = get_model_state_dict(model, options=options)
+    return full if is_rank_zero() else {}
+
+
+def _trainable_names(model: nn.Module) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _optimizer_list(optimizer) -> list[torch.optim.Optimizer]:
+    """Accept one optimizer, several, or anything with ``.optimizers`` (optimizer-in-backward)."""
+    if optimizer is None:
+        return []
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return [optimizer]
+    items = list(getattr(optimizer, "optimizers", optimizer))
+    bad = [type(o).__name__ for o in items if not isinstance(o, torch.optim.Optimizer)]
+    if bad:
+        raise TypeError(f"optimizer must be torch.optim.Optimizer(s), got {bad}")
+    return items
+
+
+def _check_extra(value: Any, where: str = "extra") -> None:
+    """``extra`` is read back with ``weights_only=True``, which only knows plain types."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_extra(k, f"{where} key")
+            _check_extra(v, f"{where}[{k!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_extra(v, f"{where}[{i}]")
+    elif not isinstance(value, _PLAIN_TYPES):
+        raise TypeError(
+            f"{where} is a {type(value).__name__}; extra state may hold only int, float, str, "
+            "bool, None, tensors, and dicts/lists/tuples of them"
+        )
+
+
+def _training_state(model: nn.Module, optimizers: list) -> dict[str, Any]:
+    if not optimizers:
+        return {"model": get_model_state_dict(model)}
+    model_sd, optim_sd = get_state_dict(model, optimizers)
+    return {"model": model_sd, "optim": optim_sd}
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Swap ``src`` into ``dst``; the old checkpoint is removed only after the rename."""
+    old = dst.with_name(dst.name + ".old")
+    if dst.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_distributed_state(
+    checkpoint_dir: str | os.PathLike,
+    model: nn.Module,
+    optimizer=None,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Write model + optimizer state (sharded, via DCP) and ``extra`` (step, epoch, ...).
+
+    All ranks call it. Files go to ``<dir>.tmp`` and are renamed into place once every rank
+    has finished, so an interrupted save never replaces a good checkpoint. ``optimizer`` is
+    an Optimizer, a list of them, or an ``OptimizerInBackward``.
+    """
+    final = Path(checkpoint_dir)
+    _check_extra(dict(extra or {}))
+    tmp = final.with_name(final.name + ".tmp")
+    if is_rank_zero():
+        shutil.rmtree(tmp, ignore_errors=True)
+    _barrier()
+    dcp.save(_training_state(model, _optimizer_list(optimizer)), checkpoint_id=str(tmp))
+    if is_rank_zero():
+        torch.save(dict(extra or {}), tmp / EXTRA_FILE)
+        _replace_dir(tmp, final)
+    _barrier()
+
+
+def _saved_keys(path: Path) -> set[str]:
+    return set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+
+
+def load_distributed_state(
+    checkpoint_dir: str | os.PathLike, model: nn.Module, optimizer=None
+) -> dict[str, Any]:
+    """Load what ``save_distributed_state`` wrote into ``model`` (and ``optimizer``).
+
+    The model may be sharded over any number of processes, or not at all; DCP reshards.
+    Returns the ``extra`` dict that was saved.
+    """
+    path = Path(checkpoint_dir)
+    if not (path / ".metadata").is_file():
+        raise FileNotFoundError(
+            f"no distributed checkpoint at {str(path)!r} (expected {path / '.metadata'}, "
+            "written by tt_dist.save_distributed_state)"
+        )
+    optimizers = _optimizer_list(optimizer)
+    if optimizers and not any(k.startswith(_OPTIM_PREFIX) for k in _saved_keys(path)):
+        raise ValueError(
+            f"checkpoint {str(path)!r} holds no optimizer state but an optimizer was given; "
+            "load with optimizer=None to restore the model only"
+        )
+    state = _training_state(model, optimizers)
+    dcp.load(state, checkpoint_id=str(path))
+    if optimizers:
+        set_state_dict(
+            model, optimizers, model_state_dict=state["model"], optim_state_dict=state["optim"]
+        )
+    else:
+        set_model_state_dict(model, state["model"])
+    return torch.load(path / EXTRA_FILE, weights_only=True, map_location="cpu")

@@ -1,0 +1,71 @@
+"""Launched by torchrun from test_distributed.py: `worker.py SCENARIO OUT_DIR [CKPT_DIR]`.
+
+train_save: meta init -> shard -> load full weights -> 2 steps -> DCP save -> 2 more steps;
+            then the same with optimizer-in-backward and activation checkpointing.
+resume:     sharded model restored from CKPT_DIR, trained to the end.
+Rank 0 writes losses and the gathered final weights to OUT_DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _ttdist_tiny as tiny  # noqa: E402
+import tt_dist  # noqa: E402
+
+
+def sharded_model(out: Path) -> torch.nn.Module:
+    with torch.device("meta"):
+        model = tiny.TinyLM()
+    tt_dist.shard_model(
+        model, block_classes=[tiny.Block], shard_embeddings=True, custom_sharded_layers=["output"]
+    )
+    full = torch.load(out / "init.pt", mmap=True, weights_only=True)
+    tt_dist.load_full_state_dict(model, full, "cpu", init_buffers=tiny.init_buffers)
+    world = tt_dist.get_world_size()
+    for name, param in model.named_parameters():
+        # each rank materialised only its torch.chunk share of dim 0, never the full tensor
+        rows = -(-param.shape[0] // world)
+        assert param.to_local().shape[0] <= rows, (name, param.to_local().shape, rows)
+    return model
+
+
+def save_result(out: Path, name: str, model: torch.nn.Module, losses: list[float]) -> None:
+    full = tt_dist.gather_full_state_dict(model)
+    if tt_dist.is_rank_zero():
+        torch.save(full, out / f"{name}.pt")
+        (out / f"{name}.json").write_text(json.dumps(losses))
+
+
+def main() -> None:
+    scenario, out = sys.argv[1], Path(sys.argv[2])
+    info = tt_dist.init_distributed()
+    rank, world = info.rank, info.world_size
+    model = sharded_model(out)
+    opt = tiny.make_optimizer(model.parameters())
+    if scenario == "train_save":
+        losses = tiny.train(model, opt, range(2), rank, world)
+        tt_dist.save_distributed_state(out / "ckpt", model, opt, extra={"step": 2})
+        losses += tiny.train(model, opt, range(2, tiny.STEPS), rank, world)
+        save_result(out, "fsdp", model, losses)
+        model = sharded_model(out)
+        tt_dist.apply_activation_checkpointing(model, lambda _n, m: isinstance(m, tiny.Block))
+        oib = tt_dist.optimizer_in_backward(model, tiny.make_optimizer)
+        save_result(out, "oib", model, tiny.train(model, oib, range(tiny.STEPS), rank, world))
+    elif scenario == "resume":
+        step = tt_dist.load_distributed_state(sys.argv[3], model, opt)["step"]
+        save_result(
+            out, "resumed", model, tiny.train(model, opt, range(step, tiny.STEPS), rank, world)
+        )
+    else:
+        raise ValueError(f"unknown scenario {scenario!r}")
+    tt_dist.destroy_distributed()
+
+
+if __name__ == "__main__":
+    main()
