@@ -26,12 +26,13 @@ def build_model(
     """Build the decoder ``cfg`` describes, allocating parameters on ``device`` in ``dtype``.
 
     ``device="meta"`` allocates nothing (materialise later with ``model.to_empty(device=...)``
-    and load weights). Weights are randomly initialised otherwise.
+    and load weights). Otherwise weights are initialised for training from scratch
+    (``TransformerDecoder.init_weights``).
     """
     # Without a device, keep whatever default device the caller has set.
     device_ctx = nullcontext() if device is None else torch.device(device)
     with _default_dtype(dtype), device_ctx:
-        return TransformerDecoder(
+        model = TransformerDecoder(
             tok_embeddings=nn.Embedding(cfg.vocab_size, cfg.dim),
             layers=[_build_layer(cfg) for _ in range(cfg.n_layers)],
             rope=RotaryEmbedding(cfg.head_dim, cfg.rope_base, cfg.rope_scaling),
@@ -39,6 +40,9 @@ def build_model(
             output=None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False),
             config=cfg,
         )
+    if not model.tok_embeddings.weight.is_meta:
+        model.init_weights()
+    return model
 
 
 def _build_layer(cfg: DecoderConfig) -> TransformerSelfAttentionLayer:

@@ -9,6 +9,7 @@ from torch import nn
 from tt_models.attention import MultiHeadAttention
 from tt_models.config import DecoderConfig
 from tt_models.kv_cache import KVCache
+from tt_models.norm import RMSNorm
 from tt_models.rope import RotaryEmbedding
 
 
@@ -65,6 +66,23 @@ class TransformerDecoder(nn.Module):
         self.rope = rope
         self.norm = norm
         self.output = output
+
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02) -> None:
+        """Initialise for training from scratch: N(0, std) for embeddings and projections
+        (transformers' ``initializer_range`` convention), zero biases, unit norm weights.
+
+        PyTorch's defaults are wrong for a language model: ``nn.Embedding`` draws N(0, 1), so a
+        tied output layer starts with logits of magnitude ~sqrt(dim) and a loss far above
+        ln(vocab_size).
+        """
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
 
     def output_weight(self) -> torch.Tensor:
         """The output projection weight ``[vocab_size, dim]`` (the embedding weight when tied)."""
