@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -15,6 +17,7 @@ from tt_peft import (
     disable_adapters,
     mark_only_adapters_trainable,
     merge_adapters,
+    merged_state_dict,
 )
 
 ATTN = "model.layers.{}.self_attn.{}"
@@ -128,6 +131,20 @@ def test_merge_adapters_gives_plain_linears_with_equal_logits(load_llama, tokens
     assert type(model.model.layers[0].self_attn.q_proj) is nn.Linear
     assert set(model.state_dict()) == set(load_llama().state_dict())
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("use_dora", [False, True])
+def test_merged_state_dict_equals_merge_without_changing_model(
+    load_llama, tokens, use_dora
+) -> None:
+    model = apply_lora(load_llama(), ["q_proj", "down_proj"], rank=4, alpha=8, use_dora=use_dora)
+    randomize_adapters(model)
+    merged = merged_state_dict(model)
+    assert adapter_layers(model), "merged_state_dict must not remove the adapters"
+    expected = merge_adapters(copy.deepcopy(model)).state_dict()
+    assert set(merged) == set(expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(merged[key], value, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("use_dora", [False, True])

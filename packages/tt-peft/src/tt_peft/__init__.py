@@ -12,6 +12,7 @@ from tt_peft.apply import (
     disable_adapters,
     mark_only_adapters_trainable,
     merge_adapters,
+    merged_state_dict,
 )
 from tt_peft.layers import DoRALinear, LoRALinear
 from tt_peft.peft_format import load_adapter, read_adapter_config, save_adapter
@@ -27,6 +28,7 @@ __all__ = [
     "load_adapter",
     "mark_only_adapters_trainable",
     "merge_adapters",
+    "merged_state_dict",
     "read_adapter_config",
     "save_adapter",
 ]

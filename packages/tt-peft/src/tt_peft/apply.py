@@ -110,6 +110,24 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict :func:`merge_adapters` would produce, leaving ``model`` untouched.
+
+    Adapter tensors are dropped and each adapted ``<name>.weight`` holds ``W + s B A`` (DoRA
+    rescaled, NF4 dequantized), so a checkpoint can be written mid-training without a second
+    copy of the model.
+    """
+    layers = adapter_layers(model)
+    adapter_keys = {
+        f"{name}.{p}" for name, layer in layers.items() for p in layer.adapter_param_names()
+    }
+    merged = {k: v for k, v in model.state_dict().items() if k not in adapter_keys}
+    for name, layer in layers.items():
+        merged[f"{name}.weight"] = layer.merged_weight().detach()
+    return merged
+
+
+@torch.no_grad()
 def merge_adapters(model: nn.Module) -> nn.Module:
     """Fold every adapter into its base weight, replacing each layer by a plain ``nn.Linear``.
 
