@@ -123,6 +123,9 @@ class TTStyle(nn.Module):
 
 
 def tt_to_hf(name: str) -> str:
+    # Like tt_ckpt's map, it knows only the model's own modules, not an adapter's lora_a/lora_b.
+    if name.endswith(("lora_a", "lora_b")):
+        raise KeyError(f"no HF name for {name!r}")
     return "model." + name.replace(".attn.", ".self_attn.")
 
 

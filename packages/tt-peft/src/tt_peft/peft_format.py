@@ -72,7 +72,10 @@ def _shared_hyperparameters(layers: dict[str, LoRALinear]) -> dict[str, Any]:
 def _target_modules(model: nn.Module, hf_names: list[str], key_map: KeyMap) -> list[str] | str:
     """Leaf names when they select exactly the adapted modules in peft, else an exact regex."""
     leaves = sorted({name.rsplit(".", 1)[-1] for name in hf_names})
-    unadapted = [key_map(n).rsplit(".", 1)[-1] for n in linear_module_names(model)]
+    # Plain Linears outside the adapters (an adapter's own lora_a/lora_b have no HF name).
+    inside = tuple(f"{name}." for name in adapter_layers(model))
+    plain = [n for n in linear_module_names(model) if not n.startswith(inside)]
+    unadapted = [key_map(n).rsplit(".", 1)[-1] for n in plain]
     if not set(unadapted) & set(leaves):
         return leaves
     return "(?:" + "|".join(re.escape(name) for name in hf_names) + ")"
