@@ -1,0 +1,115 @@
+"""``tt ls``, ``tt cp``, ``tt cat``, ``tt validate`` and ``tt download``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from tt_recipes import registry
+from tt_recipes.config import ConfigError, ConfigKey, RecipeSpec, prepare_config
+from tt_recipes.config._errors import did_you_mean
+from tt_recipes.config._types import type_name
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows
+    )
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    """Recipes with their bundled configs and aliases, or one recipe's config keys."""
+    if args.recipe:
+        recipe = registry.load_recipe(args.recipe)
+        print(f"{recipe.spec.name}: {recipe.spec.description}\n")
+        print(_table([["KEY", "TYPE", "DEFAULT", "DESCRIPTION"], *_key_rows(recipe.spec)]))
+        return 0
+    rows = [["RECIPE", "CONFIG", "ALIASES"]]
+    for name in registry.available_recipes():
+        spec = registry.load_recipe(name).spec
+        configs = sorted(c for c, r in registry.CONFIGS.items() if r == name) or ["-"]
+        aliases = ", ".join([*spec.aliases, *registry.aliases_of(name)]) or "-"
+        rows.append([name, configs[0], aliases])
+        rows.extend(["", config, ""] for config in configs[1:])
+    print(_table(rows) if len(rows) > 1 else "no recipes installed")
+    return 0
+
+
+def _key_rows(spec: RecipeSpec) -> list[list[str]]:
+    rows = []
+
+    def add(prefix: str, keys: dict[str, ConfigKey]) -> None:
+        for name, key in keys.items():
+            kind = "component" if key.component else type_name(key.type) if key.type else "any"
+            default = "(required)" if key.required else repr(key.default)
+            rows.append([prefix + name, kind, default, key.doc])
+            if key.keys:
+                add(f"{prefix}{name}.", dict(key.keys))
+
+    add("", dict(spec.keys))
+    return rows
+
+
+def _bundled(name: str) -> Path:
+    if name not in registry.CONFIGS:
+        raise ConfigError(
+            f"{name!r} is not a bundled config{did_you_mean(name, registry.CONFIGS)}; bundled "
+            f"configs: {', '.join(sorted(registry.CONFIGS)) or 'none yet'} (`tt ls` lists them)"
+        )
+    return registry.bundled_config_path(name)
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    """Copy a bundled config to a file or directory; refuse to overwrite without -f."""
+    source = _bundled(args.config)
+    dest = Path(args.dest)
+    if dest.is_dir():
+        dest = dest / source.name
+    if dest.exists() and not args.force:
+        raise ConfigError(f"'{dest}' already exists; pass -f to overwrite it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, dest)
+    print(f"copied {args.config} to {dest}")
+    return 0
+
+
+def cmd_cat(args: argparse.Namespace) -> int:
+    """Print a bundled config (or a YAML file)."""
+    path, _ = registry.resolve_config(args.config)
+    sys.stdout.write(path.read_text())
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Load, override and validate a config against its recipe; print OK."""
+    path, bundled_recipe = registry.resolve_config(args.config)
+    recipe_ref = args.recipe or bundled_recipe
+    if recipe_ref is None:
+        raise ConfigError(
+            f"cannot tell which recipe '{args.config}' is for: pass --recipe NAME (one of: "
+            f"{', '.join(registry.available_recipes()) or 'none installed'}) or a recipe .py path"
+        )
+    recipe = registry.load_recipe(recipe_ref)
+    prepare_config(recipe.spec, path, args.overrides, source=args.config)
+    print(f"OK: {args.config} is a valid config for recipe '{recipe.spec.name}'")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    """Download a hub repo through tt_ckpt.download; a failure prints one paragraph, exit 1."""
+    import tt_ckpt
+
+    token = args.hf_token or os.environ.get("HF_TOKEN")
+    try:
+        path = tt_ckpt.download(
+            args.repo_id, args.output_dir, token=token, ignore_patterns=args.ignore_patterns
+        )
+    except tt_ckpt.DownloadError as e:
+        print(f"tt download: {e}", file=sys.stderr)
+        return 1
+    print(f"downloaded {args.repo_id} to {path}")
+    return 0

@@ -1,0 +1,123 @@
+"""The ``tt`` command: parse argv, dispatch, turn errors into one paragraph and an exit code.
+
+Exit codes: 0 ok, 1 the run (or download) failed, 2 usage or config error. Set TT_DEBUG=1
+to see tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from tt_recipes.config import ConfigError
+
+from tt_cli import commands
+from tt_cli.run import USAGE, add_run_parser, run_command
+
+DESCRIPTION = """\
+tt: post-train LLMs with PyTorch. Recipes are single files configured by YAML; every
+config is validated against its recipe before any weights or data load.
+"""
+EPILOG = """\
+exit codes: 0 ok, 1 run failure, 2 usage or config error. TT_DEBUG=1 shows tracebacks.
+
+examples:
+  tt ls
+  tt cp tiny/lora ./my_lora.yaml
+  tt validate ./my_lora.yaml --recipe lora_finetune optimizer.lr=1e-4
+  tt run lora_finetune --config ./my_lora.yaml
+  tt download meta-llama/Llama-3.2-1B --output-dir /models/llama3_2_1b
+"""
+OVERRIDES_HELP = "key.sub=value (YAML-typed), key=dotted.path (sets _component_), ~key (deletes)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``tt`` and its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="tt",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    ls = sub.add_parser("ls", help="list recipes and their bundled configs")
+    ls.description = "List recipes, their bundled configs and aliases; with RECIPE, its keys."
+    ls.add_argument("recipe", nargs="?", help="show the config keys this recipe reads")
+    ls.set_defaults(handler=commands.cmd_ls)
+
+    cp = sub.add_parser("cp", help="copy a bundled config to edit it")
+    cp.description = "Copy a bundled config (see `tt ls`) to a file or directory."
+    cp.add_argument("config", help="bundled config name, e.g. tiny/lora")
+    cp.add_argument("dest", help="destination file, or a directory to copy into")
+    cp.add_argument("-f", "--force", action="store_true", help="overwrite an existing file")
+    cp.set_defaults(handler=commands.cmd_cp)
+
+    cat = sub.add_parser("cat", help="print a bundled config")
+    cat.description = "Print a bundled config (or any YAML file)."
+    cat.add_argument("config", help="bundled config name or YAML path")
+    cat.set_defaults(handler=commands.cmd_cat)
+
+    validate = sub.add_parser("validate", help="check a config without running anything")
+    validate.description = (
+        "Load a config, apply overrides and check it against its recipe: unknown keys, "
+        "types, _component_ imports and their arguments. A bundled config knows its "
+        "recipe; a YAML file needs --recipe."
+    )
+    validate.add_argument("config", help="bundled config name or YAML path")
+    validate.add_argument("--recipe", help="recipe name, torchtune name or recipe .py path")
+    validate.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    validate.set_defaults(handler=commands.cmd_validate)
+
+    add_run_parser(sub)
+
+    download = sub.add_parser("download", help="download a model from the Hugging Face Hub")
+    download.description = (
+        "Download every file of a hub repository into --output-dir (HF_ENDPOINT and "
+        "HF_HUB_OFFLINE are honoured)."
+    )
+    download.add_argument("repo_id", help="e.g. meta-llama/Llama-3.2-1B")
+    download.add_argument("--output-dir", required=True, help="directory to download into")
+    download.add_argument("--hf-token", help="access token (default: $HF_TOKEN)")
+    download.add_argument(
+        "--ignore-patterns",
+        nargs="+",
+        default=None,
+        metavar="GLOB",
+        help="skip files matching these globs, e.g. 'original/*' '*.pth'",
+    )
+    download.set_defaults(handler=commands.cmd_download)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``tt`` with ``argv`` (default: the process's arguments); return the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        if argv[:1] == ["run"] and len(argv) > 1 and argv[1] not in ("-h", "--help"):
+            return run_command(argv[1:])
+        args, extra = parser.parse_known_args(argv)
+        if args.command == "run":  # `tt run` with no recipe (--help exits in the parser)
+            raise ConfigError(f"`tt run` needs a recipe and --config; usage: {USAGE}")
+        if extra and args.command != "validate":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if args.command == "validate":  # overrides after --recipe arrive as extras
+            args.overrides = [*args.overrides, *extra]
+        return args.handler(args)
+    except ConfigError as e:
+        return _report(f"tt: error: {e}", 2)
+    except Exception as e:
+        return _report(f"tt: {argv[0]} failed: {type(e).__name__}: {e}", 1)
+
+
+def _report(message: str, code: int) -> int:
+    if os.environ.get("TT_DEBUG") == "1":
+        traceback.print_exc()
+    else:
+        message += "\n(set TT_DEBUG=1 to see the traceback)" if code == 1 else ""
+    print(message, file=sys.stderr)
+    return code

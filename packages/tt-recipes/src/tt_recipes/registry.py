@@ -1,0 +1,147 @@
+"""Where the recipes and bundled configs are, and torchtune's recipe names as aliases.
+
+A recipe is a module defining ``SPEC = RecipeSpec(...)`` and ``recipe_main(cfg) -> None``;
+listed in :data:`RECIPES` by import path, or loaded from a ``.py`` file the user names.
+Bundled configs are YAML files under ``tt_recipes/configs/<group>/<name>.yaml``, named
+``group/name`` and registered in :data:`CONFIGS` with the recipe they are for, so
+``tt validate group/name`` knows which recipe's keys to check against.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from omegaconf import DictConfig
+
+from tt_recipes.config import ConfigError, RecipeSpec
+from tt_recipes.config._errors import did_you_mean
+
+# Recipe name -> module. Modules not written yet are skipped, not errors.
+RECIPES: dict[str, str] = {
+    "full_finetune": "tt_recipes.recipes.full_finetune",
+    "lora_finetune": "tt_recipes.recipes.lora_finetune",
+    "generate": "tt_recipes.recipes.generate",
+}
+
+# torchtune recipe name -> tt recipe: tt's recipes run on one device or many.
+TORCHTUNE_ALIASES: dict[str, str] = {
+    "full_finetune_single_device": "full_finetune",
+    "full_finetune_distributed": "full_finetune",
+    "lora_finetune_single_device": "lora_finetune",
+    "lora_finetune_distributed": "lora_finetune",
+    "qlora_finetune_single_device": "lora_finetune",
+    "qlora_finetune_distributed": "lora_finetune",
+    "dev/generate_v2": "generate",
+}
+
+# Bundled config name ("group/name") -> the recipe it is for.
+CONFIGS: dict[str, str] = {
+    "tiny/full": "full_finetune",
+    "tiny/lora": "lora_finetune",
+    "tiny/generate": "generate",
+}
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A loaded recipe: its declared spec, its entry point and where it came from."""
+
+    spec: RecipeSpec
+    main: Callable[[DictConfig], None]
+    source: str
+
+
+def available_recipes() -> list[str]:
+    """Names of the registered recipes whose modules exist in this install."""
+    return [name for name, module in RECIPES.items() if _module_exists(module)]
+
+
+def _module_exists(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package is not there either
+        return False
+
+
+def aliases_of(name: str) -> list[str]:
+    """The torchtune names that map to recipe ``name``."""
+    return [alias for alias, target in TORCHTUNE_ALIASES.items() if target == name]
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """Import a recipe by name, torchtune alias, ``SPEC.aliases`` entry or ``.py`` file path."""
+    if name_or_path.endswith(".py"):
+        return _load_recipe_file(Path(name_or_path))
+    names = available_recipes()
+    name = TORCHTUNE_ALIASES.get(name_or_path, name_or_path)
+    if name in names:
+        return _recipe_from_module(importlib.import_module(RECIPES[name]), RECIPES[name])
+    for candidate in names:
+        recipe = load_recipe(candidate)
+        if name_or_path in recipe.spec.aliases:
+            return recipe
+    known = names + [a for a, target in TORCHTUNE_ALIASES.items() if target in names]
+    raise ConfigError(
+        f"unknown recipe {name_or_path!r}{did_you_mean(name_or_path, known)}; available "
+        f"recipes: {', '.join(names) or 'none installed'} (or a path to a recipe .py file)"
+    )
+
+
+def _load_recipe_file(path: Path) -> Recipe:
+    if not path.is_file():
+        raise ConfigError(f"recipe file '{path}' does not exist")
+    module_name = f"_tt_user_recipe_{path.stem}"
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise ConfigError(f"recipe file '{path}' cannot be loaded as a Python module")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look modules up here
+    module_spec.loader.exec_module(module)
+    return _recipe_from_module(module, str(path))
+
+
+def _recipe_from_module(module: ModuleType, source: str) -> Recipe:
+    spec = getattr(module, "SPEC", None)
+    main = getattr(module, "recipe_main", None)
+    if not isinstance(spec, RecipeSpec) or not callable(main):
+        raise ConfigError(
+            f"recipe '{source}' must define SPEC = RecipeSpec(...) and "
+            f"def recipe_main(cfg: DictConfig) -> None"
+        )
+    return Recipe(spec=spec, main=main, source=source)
+
+
+def bundled_config_path(name: str) -> Path:
+    """The file of bundled config ``group/name``."""
+    return CONFIG_DIR / f"{name}.yaml"
+
+
+def config_files() -> list[str]:
+    """Names (``group/name``) of every YAML file shipped under ``tt_recipes/configs``."""
+    return sorted(
+        p.relative_to(CONFIG_DIR).with_suffix("").as_posix() for p in CONFIG_DIR.rglob("*.yaml")
+    )
+
+
+def resolve_config(name_or_path: str) -> tuple[Path, str | None]:
+    """Find a config: a bundled name gives its file and recipe; a path gives (path, None)."""
+    if name_or_path in CONFIGS:
+        return bundled_config_path(name_or_path), CONFIGS[name_or_path]
+    path = Path(name_or_path)
+    if path.is_file():
+        return path, None
+    if path.suffix in (".yaml", ".yml"):
+        raise ConfigError(f"config file '{path}' does not exist")
+    raise ConfigError(
+        f"{name_or_path!r} is neither a bundled config nor a file"
+        f"{did_you_mean(name_or_path, CONFIGS)}; bundled configs: "
+        f"{', '.join(sorted(CONFIGS)) or 'none yet'} (`tt ls` lists them)"
+    )
