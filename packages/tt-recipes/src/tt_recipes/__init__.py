@@ -1,5 +1,20 @@
 """tt_recipes: the config system and the recipes that compose the tt packages.
 
-Recipes (full_finetune, lora_finetune, generate, ...) are single readable files; shared
-pieces (losses, schedulers, metric loggers, checkpoint helpers) live in modules here.
+Recipes (full_finetune, lora_finetune, generate) are single readable files in
+``tt_recipes.recipes``; shared pieces (losses, schedules, metric loggers, checkpoint
+helpers) live in modules here. ``from_pretrained`` / ``save_pretrained`` load and write a
+Hugging Face model directory as a tt model.
 """
+
+from typing import Any
+
+__all__ = ["from_pretrained", "save_pretrained"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: `tt ls` / `tt cat` should not pay for importing torch.
+    if name in __all__:
+        from tt_recipes import pretrained
+
+        return getattr(pretrained, name)
+    raise AttributeError(f"module 'tt_recipes' has no attribute {name!r}")

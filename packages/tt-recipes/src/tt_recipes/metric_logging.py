@@ -1,0 +1,162 @@
+"""Metric loggers: stdout, JSONL on disk, Weights & Biases, TensorBoard.
+
+Every logger has ``log_dict(metrics, step)``, ``log_config(config)`` and ``close()``; recipes
+log through one of them (or ``MultiLogger`` for several). Loggers only write on rank 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def format_metrics(metrics: Mapping[str, float], step: int) -> str:
+    """One human-readable line: ``step 20 | loss 1.2345 | lr 3.0e-04 | ...``."""
+    parts = [f"step {step}"]
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            text = (
+                f"{value:.2e}"
+                if key == "lr" or (value != 0 and abs(value) < 1e-3)
+                else f"{value:.4g}"
+            )
+        else:
+            text = str(value)
+        parts.append(f"{key} {text}")
+    return " | ".join(parts)
+
+
+class MetricLogger(Protocol):
+    def log_dict(self, metrics: Mapping[str, float], step: int) -> None: ...
+    def log_config(self, config: Mapping[str, Any]) -> None: ...
+    def close(self) -> None: ...
+
+
+class StdoutLogger:
+    """Prints one line per log call (through tqdm.write so a progress bar stays intact)."""
+
+    def log_dict(self, metrics: Mapping[str, float], step: int) -> None:
+        if not _is_rank_zero():
+            return
+        from tqdm import tqdm
+
+        tqdm.write(format_metrics(metrics, step), file=sys.stdout)
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class DiskLogger:
+    """Appends one JSON object per log call to ``<log_dir>/metrics.jsonl`` and also prints."""
+
+    def __init__(self, log_dir: str, filename: str = "metrics.jsonl", print_to_stdout: bool = True):
+        self.path = Path(log_dir) / filename
+        self._stdout = StdoutLogger() if print_to_stdout else None
+        self._file = None
+        if _is_rank_zero():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", encoding="utf-8")
+
+    def log_dict(self, metrics: Mapping[str, float], step: int) -> None:
+        if self._file is not None:
+            record = {"step": step, "time": time.time(), **metrics}
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        if self._stdout is not None:
+            self._stdout.log_dict(metrics, step)
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        if _is_rank_zero():
+            (self.path.parent / "config.json").write_text(json.dumps(config, indent=2, default=str))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class WandBLogger:
+    """Weights & Biases; ``mode="offline"`` (or WANDB_MODE=offline) logs without network."""
+
+    def __init__(
+        self,
+        project: str = "tt",
+        log_dir: str | None = None,
+        mode: str | None = None,
+        name: str | None = None,
+        print_to_stdout: bool = True,
+        **init_kwargs: Any,
+    ):
+        try:
+            import wandb
+        except ImportError as e:
+            raise ImportError(
+                "metric_logger WandBLogger needs wandb: pip install 'tt-recipes[wandb]'"
+            ) from e
+        self._stdout = StdoutLogger() if print_to_stdout else None
+        self._run = None
+        if _is_rank_zero():
+            if log_dir is not None:
+                Path(log_dir).mkdir(parents=True, exist_ok=True)
+            self._run = wandb.init(
+                project=project, dir=log_dir, mode=mode, name=name, **init_kwargs
+            )
+
+    def log_dict(self, metrics: Mapping[str, float], step: int) -> None:
+        if self._run is not None:
+            self._run.log(dict(metrics), step=step)
+        if self._stdout is not None:
+            self._stdout.log_dict(metrics, step)
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        if self._run is not None:
+            self._run.config.update(dict(config), allow_val_change=True)
+
+    def close(self) -> None:
+        if self._run is not None:
+            self._run.finish()
+            self._run = None
+
+
+class TensorBoardLogger:
+    """TensorBoard event files under ``log_dir``."""
+
+    def __init__(self, log_dir: str, print_to_stdout: bool = True):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ImportError(
+                "metric_logger TensorBoardLogger needs tensorboard: "
+                "pip install 'tt-recipes[tensorboard]'"
+            ) from e
+        self._stdout = StdoutLogger() if print_to_stdout else None
+        self._writer = SummaryWriter(log_dir=log_dir) if _is_rank_zero() else None
+
+    def log_dict(self, metrics: Mapping[str, float], step: int) -> None:
+        if self._writer is not None:
+            for key, value in metrics.items():
+                self._writer.add_scalar(key, value, global_step=step)
+            self._writer.flush()
+        if self._stdout is not None:
+            self._stdout.log_dict(metrics, step)
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        if self._writer is not None:
+            self._writer.add_text("config", json.dumps(config, indent=2, default=str))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

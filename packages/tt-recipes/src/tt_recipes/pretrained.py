@@ -1,0 +1,96 @@
+"""Load a Hugging Face model directory into a tt model, and write one back.
+
+This is the glue between tt_models (architecture) and tt_ckpt (files and key names): the
+config.json picks the architecture, the weights are loaded without a random-init pass (the
+model is built on the meta device and the checkpoint tensors are assigned), and saving writes
+a directory ``transformers.AutoModelForCausalLM.from_pretrained`` loads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tt_ckpt import load_hf_checkpoint, read_hf_config, save_hf_checkpoint
+from tt_models import TransformerDecoder, build_model, from_hf_config, to_hf_config
+
+
+def from_pretrained(
+    checkpoint_dir: str | Path,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device = "cpu",
+) -> TransformerDecoder:
+    """Build the model a HF directory describes and load its weights (eval mode).
+
+    ``dtype`` defaults to the checkpoint's own (``dtype``/``torch_dtype`` in config.json,
+    else fp32).
+
+    Example::
+
+        model = from_pretrained("checkpoints/Llama-3.2-1B-Instruct", dtype="bf16")
+    """
+    config = read_hf_config(checkpoint_dir)
+    dtype = resolve_dtype(dtype) or _checkpoint_dtype(config)
+    model = build_model(from_hf_config(config), device="meta", dtype=dtype)
+    _, state_dict = load_hf_checkpoint(checkpoint_dir, dtype=dtype, device=device)
+    load_weights(model, state_dict, source=str(checkpoint_dir))
+    return model.eval()
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Assign checkpoint tensors to a (meta or materialised) model, naming missing/extra keys."""
+    missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {source} does not fit the model built from its config.json: "
+            f"missing tensors {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+            f"unexpected tensors {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
+        )
+    still_meta = [name for name, t in model.state_dict().items() if t.is_meta]
+    if still_meta:
+        raise ValueError(f"checkpoint {source} left tensors uninitialised: {still_meta[:8]}")
+
+
+def save_pretrained(
+    model: TransformerDecoder,
+    output_dir: str | Path,
+    source_dir: str | Path | None = None,
+    *,
+    dtype: torch.dtype | str | None = None,
+    max_shard_size: int | str = "5GB",
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write ``model`` as a HF directory (config.json + safetensors, tokenizer files copied
+    from ``source_dir``). ``state_dict`` overrides the model's own (e.g. a gathered FSDP one)."""
+    dtype = resolve_dtype(dtype) or next(model.parameters()).dtype
+    config = to_hf_config(model.config, dtype=dtype)
+    if source_dir is not None and (Path(source_dir) / "config.json").is_file():
+        # Keep fields tt does not model (token ids, architectures' extras) from the source.
+        config = {**read_hf_config(source_dir), **config}
+    weights = state_dict if state_dict is not None else model.state_dict()
+    return save_hf_checkpoint(
+        weights, config, output_dir, source_dir=source_dir, dtype=dtype,
+        max_shard_size=max_shard_size,
+    )
+
+
+_DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16,
+}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """``"bf16"``/``"fp32"``/``torch.bfloat16``/None -> torch dtype or None."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).removeprefix("torch.")]
+    except KeyError:
+        raise ValueError(f"dtype {dtype!r} is not one of {sorted(_DTYPES)}") from None
+
+
+def _checkpoint_dtype(config: dict) -> torch.dtype:
+    name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return resolve_dtype(name) if name in _DTYPES else torch.float32

@@ -1,0 +1,360 @@
+"""Full-parameter fine-tuning of a decoder on one device (multi-process support: tt-dist).
+
+Read top to bottom: ``recipe_main`` sets up the run, ``train`` is the loop. ``lora_finetune``
+reuses this loop with adapters attached; only model preparation and saving differ.
+
+    tt run full_finetune --config tiny/full
+    tt run full_finetune --config llama3_2/1B_full checkpointer.checkpoint_dir=ckpts/Llama-3.2-1B
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+from tt_ckpt import atomic_directory, load_training_state, save_training_state
+
+from tt_recipes import training
+from tt_recipes.config import ConfigKey, RecipeSpec, instantiate
+from tt_recipes.losses import IGNORE_INDEX, shift_labels
+from tt_recipes.pretrained import save_pretrained
+
+log = logging.getLogger("tt")
+
+# Keys shared by every supervised fine-tuning recipe (lora_finetune adds ``peft``).
+SFT_KEYS: dict[str, ConfigKey] = {
+    "output_dir": ConfigKey(str, required=True, doc="where checkpoints and logs go"),
+    "model": ConfigKey(component=True, doc="architecture to build with random weights "
+                       "(unused when checkpointer.checkpoint_dir is set)"),
+    "tokenizer": ConfigKey(component=True, required=True, doc="tokenizer builder"),
+    "checkpointer": ConfigKey(
+        keys={
+            "checkpoint_dir": ConfigKey(str | None, doc="HF model dir or earlier run"),
+            "checkpoint_files": ConfigKey(list | None, doc="weight files (discovered)"),
+            "output_dir": ConfigKey(str | None, doc="defaults to output_dir"),
+            "max_shard_size": ConfigKey(str, default="5GB", doc="safetensors shard size"),
+        },
+        default={}, doc="where weights come from and how they are saved",
+    ),
+    "dataset": ConfigKey(component=True, required=True, positional=1,
+                         doc="dataset component (called with the tokenizer), or a list"),
+    "seed": ConfigKey(int, default=0),
+    "shuffle": ConfigKey(bool, default=True),
+    "batch_size": ConfigKey(int, default=1, doc="samples per micro-batch per process"),
+    "epochs": ConfigKey(int, default=1),
+    "max_steps_per_epoch": ConfigKey(int | None, default=None),
+    "gradient_accumulation_steps": ConfigKey(int, default=1),
+    "optimizer": ConfigKey(component=True, required=True, positional=1),
+    "lr_scheduler": ConfigKey(component=True, positional=2,
+                              doc="called with (optimizer, num_training_steps)"),
+    "loss": ConfigKey(component=True, doc="defaults to tt_recipes.losses.ChunkedCrossEntropy"),
+    "clip_grad_norm": ConfigKey(float | None, default=None),
+    "dtype": ConfigKey(str, default="fp32", doc="fp32 | bf16"),
+    "device": ConfigKey(str, default="auto", doc="auto | cpu | cuda"),
+    "compile": ConfigKey(bool, default=False, doc="torch.compile each transformer block"),
+    "enable_activation_checkpointing": ConfigKey(bool, default=False),
+    "save_every_n_steps": ConfigKey(int | None, default=None, doc="also saved at the end"),
+    "keep_last_n_checkpoints": ConfigKey(int | None, default=None),
+    "resume_from_checkpoint": ConfigKey(bool, default=False),
+    "dataset_val": ConfigKey(component=True, positional=1, doc="validation dataset"),
+    "run_val_every_n_steps": ConfigKey(int | None, default=None),
+    "metric_logger": ConfigKey(component=True, doc="defaults to stdout"),
+    "log_every_n_steps": ConfigKey(int, default=1),
+    "log_peak_memory_stats": ConfigKey(bool, default=True),
+}
+
+SPEC = RecipeSpec(
+    name="full_finetune",
+    description="Full-parameter supervised fine-tuning (one device; checkpoints resume exactly).",
+    keys=SFT_KEYS,
+)
+
+
+@dataclass
+class Run:
+    """Everything the loop needs, built once by ``setup``."""
+
+    cfg: DictConfig
+    model: torch.nn.Module
+    tokenizer: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loss_fn: Callable[..., torch.Tensor]
+    loader: Any
+    sampler: Any
+    val_loader: Any
+    logger: Any
+    device: torch.device
+    steps_per_epoch: int
+    total_steps: int
+    # How the model is written into a checkpoint directory and read back on resume.
+    save_model: Callable[[Run, Path], None]
+    restore_model: Callable[[Run, Path], None]
+    step: int = 0
+    history: list[float] = field(default_factory=list)
+
+
+def recipe_main(cfg: DictConfig) -> None:
+    run = setup(cfg, prepare_model=lambda model, cfg: model, save_model=save_full_model,
+                restore_model=restore_full_model)
+    train(run)
+
+
+def setup(
+    cfg: DictConfig,
+    *,
+    prepare_model: Callable[[torch.nn.Module, DictConfig], torch.nn.Module],
+    save_model: Callable[[Run, Path], None],
+    restore_model: Callable[[Run, Path], None],
+) -> Run:
+    """Device, model (+ ``prepare_model``), data, optimizer, schedule, loss, logger, resume."""
+    training.setup_logging()
+    torch.manual_seed(cfg.seed)
+    device = training.get_device(cfg.device)
+    dtype = training.get_dtype(cfg.dtype, device)
+
+    model = prepare_model(training.build_model(cfg, device, dtype), cfg)
+    if cfg.enable_activation_checkpointing:
+        training.enable_activation_checkpointing(model)
+    if cfg.compile:
+        training.compile_blocks(model)
+    trainable, total = training.count_parameters(model)
+    log.info(f"Model: {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M trainable, "
+             f"{dtype}, on {device}")
+
+    tokenizer = instantiate(cfg.tokenizer)
+    collate = partial(_collate, pad_id=tokenizer.pad_id)
+    dataset = training.build_dataset(cfg.dataset, tokenizer)
+    loader, sampler = training.build_dataloader(
+        dataset, batch_size=cfg.batch_size, collate_fn=collate, seed=cfg.seed, shuffle=cfg.shuffle
+    )
+    val_loader = None
+    if cfg.get("dataset_val") is not None:
+        val_set = training.build_dataset(cfg.dataset_val, tokenizer)
+        val_loader, _ = training.build_dataloader(
+            val_set, batch_size=cfg.batch_size, collate_fn=collate, seed=cfg.seed, shuffle=False
+        )
+
+    steps_per_epoch = len(loader) // cfg.gradient_accumulation_steps
+    if cfg.max_steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"the dataset has {len(dataset)} samples: fewer than one optimizer step of "
+            f"batch_size={cfg.batch_size} x gradient_accumulation_steps="
+            f"{cfg.gradient_accumulation_steps}"
+        )
+    total_steps = steps_per_epoch * cfg.epochs
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = instantiate(cfg.optimizer, params)
+    scheduler = (instantiate(cfg.lr_scheduler, optimizer, total_steps)
+                 if cfg.get("lr_scheduler") is not None else None)
+    loss_fn = instantiate(cfg.loss) if cfg.get("loss") is not None else _default_loss()
+    logger = (instantiate(cfg.metric_logger) if cfg.get("metric_logger") is not None
+              else _stdout_logger())
+    logger.log_config(OmegaConf.to_container(cfg, resolve=True))
+
+    run = Run(cfg=cfg, model=model, tokenizer=tokenizer, optimizer=optimizer,
+              scheduler=scheduler, loss_fn=loss_fn, loader=loader, sampler=sampler,
+              val_loader=val_loader, logger=logger, device=device,
+              steps_per_epoch=steps_per_epoch, total_steps=total_steps, save_model=save_model,
+              restore_model=restore_model)
+    if cfg.resume_from_checkpoint:
+        resume(run)
+    log.info(f"Training: {cfg.epochs} epoch(s) x {steps_per_epoch} steps, "
+             f"{len(dataset)} samples, batch {cfg.batch_size} x {cfg.gradient_accumulation_steps}"
+             f" accumulation")
+    return run
+
+
+def train(run: Run) -> None:
+    """The loop: for each optimizer step, take ``gradient_accumulation_steps`` micro-batches,
+    normalise the loss by the trained tokens of the whole step, clip, step, log, save."""
+    cfg = run.cfg
+    ga = cfg.gradient_accumulation_steps
+    start_epoch, start_in_epoch = divmod(run.step, run.steps_per_epoch)
+    progress = tqdm(total=run.total_steps, initial=run.step, desc="training", unit="step",
+                    dynamic_ncols=True, disable=not _is_rank_zero())
+    window_start, window_tokens = time.perf_counter(), 0
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            first = start_in_epoch if epoch == start_epoch else 0
+            run.sampler.set_epoch(epoch, start_index=first * ga * cfg.batch_size)
+            batches = iter(run.loader)
+            for _ in range(first, run.steps_per_epoch):
+                micro_batches = [next(batches) for _ in range(ga)]
+                loss, tokens, grad_norm = optimizer_step(run, micro_batches)
+                run.step += 1
+                window_tokens += tokens
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss:.4f}")
+                training.check_finite(loss, run.step, cfg.output_dir)
+                run.history.append(loss)
+                if run.step % cfg.log_every_n_steps == 0:
+                    elapsed = time.perf_counter() - window_start
+                    log_metrics(run, loss, grad_norm, window_tokens / max(elapsed, 1e-9))
+                    window_start, window_tokens = time.perf_counter(), 0
+                if _due(run.step, cfg.run_val_every_n_steps) and run.val_loader is not None:
+                    run.logger.log_dict({"val_loss": validate(run)}, step=run.step)
+                if _due(run.step, cfg.save_every_n_steps) and run.step < run.total_steps:
+                    save_checkpoint(run)
+        save_checkpoint(run)
+    finally:
+        progress.close()
+        run.logger.close()
+
+
+def optimizer_step(run: Run, micro_batches: list[dict[str, torch.Tensor]]
+                   ) -> tuple[float, int, float | None]:
+    """Forward/backward every micro-batch, then one optimizer step.
+
+    Each micro-batch's summed loss is divided by the trained tokens of ALL micro-batches of
+    the step, so the gradient is the mean over tokens however the batch is split.
+    Returns (mean loss per trained token, tokens processed, grad norm or None).
+    """
+    model, cfg = run.model, run.cfg
+    trained = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
+    if trained == 0:
+        raise ValueError(f"step {run.step + 1}: no trained tokens in the batch (all labels "
+                         "masked); check the dataset's masking / train_on_input settings")
+    total_loss = 0.0
+    for batch in micro_batches:
+        batch = {k: v.to(run.device) for k, v in batch.items()}
+        hidden = model(batch["tokens"], mask=batch.get("mask"), input_pos=batch.get("input_pos"),
+                       return_hidden=True)
+        loss_sum = run.loss_fn(hidden, model.output_weight(), shift_labels(batch["labels"]))
+        (loss_sum / trained).backward()
+        total_loss += loss_sum.item()
+    grad_norm = None
+    if cfg.clip_grad_norm is not None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm))
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.scheduler is not None:
+        run.scheduler.step()
+    tokens = sum(int(b["tokens"].numel()) for b in micro_batches)
+    return total_loss / trained, tokens, grad_norm
+
+
+@torch.no_grad()
+def validate(run: Run) -> float:
+    """Mean loss per trained token over the whole validation set."""
+    run.model.eval()
+    total, count = 0.0, 0
+    for batch in run.val_loader:
+        batch = {k: v.to(run.device) for k, v in batch.items()}
+        hidden = run.model(batch["tokens"], mask=batch.get("mask"),
+                           input_pos=batch.get("input_pos"), return_hidden=True)
+        targets = shift_labels(batch["labels"])
+        total += run.loss_fn(hidden, run.model.output_weight(), targets).item()
+        count += int((targets != IGNORE_INDEX).sum())
+    run.model.train()
+    return total / max(count, 1)
+
+
+def log_metrics(run: Run, loss: float, grad_norm: float | None, tokens_per_s: float) -> None:
+    metrics = {"loss": loss, "lr": run.optimizer.param_groups[0]["lr"], "tokens_per_s": tokens_per_s}
+    if grad_norm is not None:
+        metrics["grad_norm"] = grad_norm
+    if run.cfg.log_peak_memory_stats:
+        metrics["peak_memory_gib"] = training.peak_memory_gib(run.device)
+    run.logger.log_dict(metrics, step=run.step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: output_dir/step_N/ = HF model files + training_state.pt (+ adapter/ for LoRA),
+# written to a hidden temporary directory and renamed into place when complete.
+
+
+def save_checkpoint(run: Run) -> Path:
+    out_root = run.cfg.checkpointer.get("output_dir") or run.cfg.output_dir
+    final = training.step_dir(out_root, run.step)
+    with atomic_directory(final) as tmp:
+        run.save_model(run, tmp)
+        state = {
+            "step": run.step,
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+            "rng": training.rng_state(),
+            "loss_history": run.history,
+        }
+        save_training_state(tmp / training.TRAINING_STATE_FILE, state)
+    log.info(f"Saved checkpoint {final}")
+    training.prune_checkpoints(out_root, run.cfg.keep_last_n_checkpoints)
+    return final
+
+
+def save_full_model(run: Run, directory: Path) -> None:
+    source = run.cfg.checkpointer.get("checkpoint_dir")
+    source_dir = training.resolve_checkpoint_dir(source) if source else None
+    save_pretrained(run.model, directory, source_dir=source_dir or _tokenizer_dir(run.cfg),
+                    max_shard_size=run.cfg.checkpointer.max_shard_size)
+
+
+def restore_full_model(run: Run, directory: Path) -> None:
+    training.load_model_weights(run.model, directory)
+
+
+def resume(run: Run) -> None:
+    """Restore optimizer, schedule, RNG, data position and step from the latest checkpoint."""
+    out_root = run.cfg.checkpointer.get("output_dir") or run.cfg.output_dir
+    latest = training.latest_step_dir(out_root)
+    if latest is None:
+        raise FileNotFoundError(
+            f"resume_from_checkpoint=True but {out_root} holds no complete step_N checkpoint; "
+            "start without resume_from_checkpoint or point output_dir at the earlier run"
+        )
+    state = load_training_state(latest / training.TRAINING_STATE_FILE)
+    run.restore_model(run, latest)
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.scheduler is not None and state["scheduler"] is not None:
+        run.scheduler.load_state_dict(state["scheduler"])
+    training.set_rng_state(state["rng"])
+    run.step = state["step"]
+    run.history = list(state.get("loss_history", []))
+    log.info(f"Resumed from {latest} at step {run.step}")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _collate(batch: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    from tt_data import padded_collate_packed, padded_collate_sft
+
+    if "document_ids" in batch[0]:
+        return padded_collate_packed(batch)
+    return padded_collate_sft(batch, pad_id=pad_id)
+
+
+def _default_loss() -> Callable[..., torch.Tensor]:
+    from tt_recipes.losses import ChunkedCrossEntropy
+
+    return ChunkedCrossEntropy()
+
+
+def _stdout_logger() -> Any:
+    from tt_recipes.metric_logging import StdoutLogger
+
+    return StdoutLogger()
+
+
+def _tokenizer_dir(cfg: DictConfig) -> str | None:
+    return cfg.tokenizer.get("path")
+
+
+def _due(step: int, every: int | None) -> bool:
+    return bool(every) and step % every == 0
+
+
+def _is_rank_zero() -> bool:
+    return training.is_rank_zero()

@@ -1,0 +1,238 @@
+"""Pieces every training recipe needs, as plain functions: device and dtype, building the
+model from config or checkpoint, the dataloader with a resumable position, checkpoint
+directories (``output_dir/step_N``), throughput and memory stats.
+
+Recipes call these; they hold no state of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import resource
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from tt_recipes.config import instantiate
+from tt_recipes.pretrained import from_pretrained, resolve_dtype
+from tt_recipes.sampling import ResumableSampler
+
+log = logging.getLogger("tt")
+
+STEP_DIR_PREFIX = "step_"
+TRAINING_STATE_FILE = "training_state.pt"
+
+
+def setup_logging() -> None:
+    """Human-readable log lines on rank 0 only (other ranks log warnings and errors)."""
+    level = logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout, force=True)
+
+
+def get_device(name: str | None) -> torch.device:
+    """``"auto"``/None -> cuda when available (this process's local rank), else cpu."""
+    if name in (None, "auto"):
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device: 'cuda' was requested but no CUDA device is available")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return device
+
+
+def get_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    dtype = resolve_dtype(name or "fp32")
+    if dtype == torch.float16:
+        raise ValueError("dtype: fp16 training is not supported (it needs loss scaling); use bf16")
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"dtype: bf16 is not supported on {torch.cuda.get_device_name(device)}")
+    return dtype
+
+
+# ---------------------------------------------------------------------------------------------
+# Model and weights
+
+
+def resolve_checkpoint_dir(path: str | Path) -> Path:
+    """A model directory, or a tt run's output_dir: then its latest complete ``step_N``."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    latest = latest_step_dir(path)
+    if latest is not None and (latest / "config.json").is_file():
+        log.info(f"Using the latest checkpoint of {path}: {latest.name}")
+        return latest
+    contents = sorted(p.name for p in path.iterdir())[:20] if path.is_dir() else None
+    raise FileNotFoundError(
+        f"checkpointer.checkpoint_dir={str(path)!r} holds no config.json and no step_N "
+        f"checkpoint directory; it contains: {contents if contents is not None else 'nothing (it does not exist)'}. "
+        "Point it at a Hugging Face model directory (`tt download` fetches one) or at the "
+        "output_dir of an earlier tt run."
+    )
+
+
+def build_model(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """From ``checkpointer.checkpoint_dir`` (architecture from its config.json, weights loaded)
+    or, with no checkpoint, from the ``model`` component with random weights."""
+    checkpoint_dir = cfg.checkpointer.get("checkpoint_dir")
+    if checkpoint_dir:
+        source = resolve_checkpoint_dir(checkpoint_dir)
+        log.info(f"Loading weights from {source}")
+        model = from_pretrained(source, dtype=dtype, device=device)
+        return model.train()
+    if cfg.get("model") is None:
+        raise ValueError(
+            "set either checkpointer.checkpoint_dir (a model to fine-tune) or model "
+            "(a _component_ to build with random weights)"
+        )
+    log.info(f"No checkpoint given: building {cfg.model._component_} with random weights")
+    with torch.device(device):
+        model = instantiate(cfg.model, dtype=dtype)
+    return model.train()
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def build_dataset(dataset_cfg: Any, tokenizer: Any) -> Dataset:
+    """One dataset component, or a list of them concatenated."""
+    if isinstance(dataset_cfg, (list, tuple)) or type(dataset_cfg).__name__ == "ListConfig":
+        parts = [instantiate(part, tokenizer) for part in dataset_cfg]
+        return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+    return instantiate(dataset_cfg, tokenizer)
+
+
+def build_dataloader(
+    dataset: Dataset, *, batch_size: int, collate_fn: Any, seed: int, shuffle: bool,
+    rank: int = 0, world_size: int = 1,
+) -> tuple[DataLoader, ResumableSampler]:
+    """A single-process DataLoader over a resumable, rank-sharded sampler."""
+    sampler = ResumableSampler(len(dataset), seed=seed, shuffle=shuffle, rank=rank,
+                               world_size=world_size)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
+                        drop_last=True)
+    return loader, sampler
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint directories
+
+
+def step_dir(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / f"{STEP_DIR_PREFIX}{step}"
+
+
+def complete_step_dirs(output_dir: str | Path) -> list[Path]:
+    """``step_N`` directories under ``output_dir``, oldest first (temporary ones excluded:
+    an unfinished save lives in a hidden sibling until it is renamed into place)."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    dirs = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(STEP_DIR_PREFIX)
+            and p.name[len(STEP_DIR_PREFIX):].isdigit()]
+    return sorted(dirs, key=lambda p: int(p.name[len(STEP_DIR_PREFIX):]))
+
+
+def latest_step_dir(output_dir: str | Path) -> Path | None:
+    dirs = complete_step_dirs(output_dir)
+    return dirs[-1] if dirs else None
+
+
+def prune_checkpoints(output_dir: str | Path, keep_last_n: int | None) -> None:
+    """Delete all but the newest ``keep_last_n`` step directories (run after a save completes)."""
+    if not keep_last_n:
+        return
+    for old in complete_step_dirs(output_dir)[:-keep_last_n]:
+        log.info(f"Removing old checkpoint {old}")
+        shutil.rmtree(old)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stats
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak allocated accelerator memory, or peak resident memory of this process on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_finite(loss: float, step: int, output_dir: str | Path) -> None:
+    if not math.isfinite(loss):
+        latest = latest_step_dir(output_dir)
+        kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was saved yet"
+        raise FloatingPointError(
+            f"loss became {loss} at step {step}; stopping ({kept}). Lower the learning rate, "
+            "enable clip_grad_norm, or check the data around this step."
+        )
+
+
+def load_model_weights(model: torch.nn.Module, checkpoint_dir: str | Path) -> None:
+    """Copy the weights of a HF directory written by tt into an existing model (resume)."""
+    from tt_ckpt import load_hf_checkpoint
+
+    _, state_dict = load_hf_checkpoint(checkpoint_dir)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {checkpoint_dir} does not fit the model: missing {missing[:8]}, "
+            f"unexpected {unexpected[:8]}"
+        )
+
+
+def is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated blocks of a tt decoder (``model.layers``)."""
+    layers = getattr(model, "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(model).__name__} has no `layers`: cannot find its blocks")
+    return list(layers)
+
+
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each block's activations in backward instead of storing them."""
+    from tt_dist import apply_activation_checkpointing
+    from tt_models import TransformerSelfAttentionLayer
+
+    apply_activation_checkpointing(model, lambda m: isinstance(m, TransformerSelfAttentionLayer))
+
+
+def compile_blocks(model: torch.nn.Module) -> None:
+    """torch.compile each block separately: one compiled graph reused by every layer."""
+    for block in transformer_blocks(model):
+        block.compile()
