@@ -84,3 +84,56 @@ def write_tokenizer(path: Path) -> None:
     tokenizer.train_from_iterator(text, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>")
     fast.save_pretrained(path)
+
+
+# Tiny transformers configs of the families beyond Llama (config class name, overrides).
+FAMILY_CONFIGS = {
+    "mistral": ("MistralConfig", {"sliding_window": 8}),
+    "qwen2": ("Qwen2Config", {}),
+    "qwen3": ("Qwen3Config", {"head_dim": 32}),
+    "gemma": ("GemmaConfig", {"head_dim": 16}),
+    "gemma2": ("Gemma2Config", {"head_dim": 16, "query_pre_attn_scalar": 16}),
+    "phi3": ("Phi3Config", {}),
+}
+
+
+def tiny_family_model(family: str, seed: int = 0) -> torch.nn.Module:
+    """A random 2-layer GQA model of ``family`` with random norm weights and biases."""
+    import transformers
+
+    class_name, overrides = FAMILY_CONFIGS[family]
+    config = getattr(transformers, class_name)(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=0,
+        **overrides,
+    )
+    torch.manual_seed(seed)
+    attn = "eager" if family == "gemma2" else "sdpa"
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attn)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name or name.endswith(".bias"):
+                param.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def expected_family_tt_keys(family: str) -> set[str]:
+    """The tt state-dict keys of a ``tiny_family_model``, written out by hand."""
+    tied = family in ("gemma", "gemma2")
+    keys = expected_tt_keys(tied=tied)
+    for i in range(N_LAYERS):
+        if family == "qwen2":
+            keys |= {f"layers.{i}.attn.{p}_proj.bias" for p in "qkv"}
+        if family == "qwen3":
+            keys |= {f"layers.{i}.attn.q_norm.weight", f"layers.{i}.attn.k_norm.weight"}
+        if family == "gemma2":
+            keys |= {f"layers.{i}.attn_post_norm.weight", f"layers.{i}.mlp_post_norm.weight"}
+    return keys

@@ -49,7 +49,8 @@ def test_unknown_tt_key():
 
 
 def test_unknown_family_lists_known_ones():
-    with pytest.raises(UnknownFamilyError, match=r"'gpt9'.*known families: \['llama'\]"):
+    known = r"\['gemma', 'gemma2', 'llama', 'mistral', 'phi3', 'qwen2', 'qwen3'\]"
+    with pytest.raises(UnknownFamilyError, match=rf"'gpt9'.*known families: {known}"):
         hf_to_tt({}, "gpt9")
 
 

@@ -88,13 +88,19 @@ def test_to_hf_config_writes_transformers_5_fields():
 @pytest.mark.parametrize(
     "config, message",
     [
-        ({**BASE, "model_type": "gpt2"}, r"model_type='gpt2' is not supported; .*\['llama'\]"),
+        (
+            {**BASE, "model_type": "gpt2"},
+            r"model_type='gpt2' is not supported; .*\['llama', 'mistral', 'qwen2', 'qwen3', 'gemma', 'gemma2', 'phi3'\]",
+        ),
         ({"vocab_size": 3}, r"model_type=None is not supported"),
         (
             {k: v for k, v in BASE.items() if k != "intermediate_size"},
             r"lacks keys \['intermediate_size'\]",
         ),
-        ({**BASE, "hidden_act": "gelu"}, r"hidden_act='gelu' is not supported .* only 'silu'"),
+        (
+            {**BASE, "hidden_act": "gelu"},
+            r"hidden_act='gelu' is not supported for model_type 'llama'; valid: \['gelu_pytorch_tanh', 'silu'\]",
+        ),
         (
             {**BASE, "rope_parameters": {"rope_type": "yarn", "rope_theta": 1.0}},
             r"config.json rope_parameters: rope_type='yarn' is not supported; .*\['llama3'\]",
@@ -143,3 +149,119 @@ def test_round_trip(n_kv_heads, head_dim, tie, attn_bias, mlp_bias, factor, rope
         mlp_bias=mlp_bias,
     )
     assert from_hf_config(to_hf_config(cfg)) == cfg
+
+
+# Shaped like the published config.json files (transformers 4 form), shrunk.
+QWEN2_5_JSON = {
+    **BASE,
+    "model_type": "qwen2",
+    "num_key_value_heads": 2,
+    "rope_theta": 1_000_000.0,
+    "sliding_window": 131_072,
+    "use_sliding_window": False,
+    "max_window_layers": 1,
+    "tie_word_embeddings": True,
+}
+GEMMA_JSON = {**BASE, "model_type": "gemma", "head_dim": 32, "hidden_act": "gelu"}
+GEMMA2_JSON = {
+    **BASE,
+    "model_type": "gemma2",
+    "num_hidden_layers": 3,
+    "head_dim": 32,
+    "hidden_activation": "gelu_pytorch_tanh",
+    "sliding_window": 4096,
+    "query_pre_attn_scalar": 144,
+}
+
+
+def test_qwen2_sliding_window_is_off_unless_use_sliding_window():
+    cfg = from_hf_config(QWEN2_5_JSON)
+    assert cfg.model_type == "qwen2" and cfg.qkv_bias and not cfg.attn_bias
+    assert cfg.sliding_window is None and cfg.tie_embeddings and cfg.rope_base == 1e6
+    on = from_hf_config({**QWEN2_5_JSON, "use_sliding_window": True})
+    # Layers from max_window_layers on slide, as in transformers.
+    assert on.sliding_window == 131_072
+    assert on.layer_types == ("full_attention", "sliding_attention")
+
+
+def test_gemma_legacy_gelu_means_tanh_gelu_and_ties_by_default():
+    cfg = from_hf_config(GEMMA_JSON)
+    assert (cfg.activation, cfg.norm_offset, cfg.scale_embeddings) == ("gelu_tanh", 1.0, True)
+    assert cfg.tie_embeddings and cfg.head_dim == 32 and cfg.norm_eps == 1e-6
+
+
+def test_gemma2_defaults_and_alternating_layers():
+    cfg = from_hf_config(GEMMA2_JSON)
+    assert (cfg.attn_softcap, cfg.final_softcap, cfg.query_pre_attn_scalar) == (50.0, 30.0, 144)
+    assert cfg.post_norms and cfg.layer_types == (
+        "sliding_attention",
+        "full_attention",
+        "sliding_attention",
+    )
+    uncapped = from_hf_config({**GEMMA2_JSON, "attn_logit_softcapping": None})
+    assert uncapped.attn_softcap is None
+
+
+def test_phi3_and_mistral_slide_in_every_layer():
+    phi3 = from_hf_config({**BASE, "model_type": "phi3", "sliding_window": 2047})
+    assert phi3.sliding_window == 2047 and phi3.layer_types is None and phi3.norm_eps == 1e-5
+    mistral = from_hf_config({**BASE, "model_type": "mistral", "sliding_window": None})
+    assert mistral.sliding_window is None and mistral.layer_window(1) is None
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (
+            {**BASE, "model_type": "phi3", "rope_scaling": {"type": "longrope", "factor": 32}},
+            r"config.json rope_scaling: rope_type='longrope' is not supported; .*\['llama3'\]",
+        ),
+        (
+            {**BASE, "model_type": "phi3", "partial_rotary_factor": 0.75},
+            r"partial_rotary_factor=0.75 is not supported; only 1.0",
+        ),
+        (
+            {**GEMMA2_JSON, "hidden_activation": "relu"},
+            r"hidden_activation='relu' is not supported for model_type 'gemma2'; valid: "
+            r"\['gelu', 'gelu_pytorch_tanh', 'silu'\]",
+        ),
+        (
+            {**GEMMA2_JSON, "layer_types": ["full_attention"]},
+            r"layer_types must list one of .* for each of the n_layers=3 layers",
+        ),
+    ],
+)
+def test_family_config_errors(config, message):
+    with pytest.raises(ValueError, match=message):
+        from_hf_config(config)
+
+
+def test_to_hf_config_refuses_switches_the_family_cannot_express():
+    cfg = DecoderConfig(vocab_size=8, dim=8, n_layers=1, n_heads=2, hidden_dim=8, qk_norm=True)
+    with pytest.raises(ValueError, match=r"model_type 'llama' cannot express qk_norm=True"):
+        to_hf_config(cfg)
+    sliding = DecoderConfig(
+        vocab_size=8, dim=8, n_layers=2, n_heads=2, hidden_dim=8, model_type="mistral",
+        sliding_window=4, layer_types=("full_attention", "sliding_attention"),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"'mistral' slides in every layer or none"):
+        to_hf_config(sliding)
+    with pytest.raises(ValueError, match=r"model_type='gpt2' is not supported"):
+        to_hf_config(DecoderConfig(8, 8, 1, 2, 8, model_type="gpt2"))
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        (
+            "activation",
+            "relu",
+            r"activation='relu' is not supported; valid: \['silu', 'gelu_tanh'\]",
+        ),
+        ("sliding_window", 0, r"sliding_window=0 must be a positive integer"),
+        ("attn_softcap", -1.0, r"attn_softcap=-1.0 must be > 0 or None"),
+    ],
+)
+def test_decoder_config_rejects_bad_family_switches(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        DecoderConfig(vocab_size=8, dim=8, n_layers=1, n_heads=2, hidden_dim=8, **{field: value})

@@ -74,3 +74,40 @@ def test_decoder_config_errors(kwargs, message):
     args = dict(vocab_size=10, dim=16, n_layers=1, n_heads=4, hidden_dim=8)
     with pytest.raises(ValueError, match=message):
         DecoderConfig(**{**args, **kwargs})
+
+
+def test_rms_norm_with_gemma_offset_by_hand_and_identity_init():
+    norm = RMSNorm(2, eps=0.0, offset=1.0)
+    assert torch.equal(norm.weight, torch.zeros(2))  # scale 1 + 0: the identity
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([1.0, -0.5]))
+    rms = math.sqrt(12.5)
+    expected = torch.tensor([[2 * 3.0 / rms, 0.5 * 4.0 / rms]])
+    torch.testing.assert_close(norm(torch.tensor([[3.0, 4.0]])), expected)
+    norm.reset_parameters()
+    assert torch.equal(norm.weight, torch.zeros(2))
+
+
+def test_feed_forward_geglu_uses_tanh_gelu_and_rejects_unknown_activation():
+    from tt_models import FeedForward
+
+    torch.manual_seed(0)
+    mlp = FeedForward(4, 6, activation="gelu_tanh")
+    x = torch.randn(3, 4)
+    gate = torch.nn.functional.gelu(mlp.gate_proj(x), approximate="tanh")
+    torch.testing.assert_close(mlp(x), mlp.down_proj(gate * mlp.up_proj(x)))
+    with pytest.raises(ValueError, match=r"activation='relu' is not supported; valid: "):
+        FeedForward(4, 6, activation="relu")
+
+
+def test_softcapped_attention_reduces_to_sdpa_when_the_cap_is_huge():
+    from tt_models import MultiHeadAttention
+
+    torch.manual_seed(0)
+    plain = MultiHeadAttention(32, 4, 2, 8, scale=0.3)
+    capped = MultiHeadAttention(32, 4, 2, 8, scale=0.3, softcap=1e6)
+    capped.load_state_dict(plain.state_dict())
+    x, pos = torch.randn(2, 5, 32), torch.arange(5).expand(2, 5)
+    rope = RotaryEmbedding(8, 10_000.0)(pos)
+    with torch.no_grad():
+        torch.testing.assert_close(capped(x, rope), plain(x, rope), rtol=1e-5, atol=1e-5)

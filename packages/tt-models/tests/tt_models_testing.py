@@ -19,12 +19,26 @@ _HF_TO_TT = [
     (r"\.self_attn\.", ".attn."),
     (r"^lm_head\.", "output."),
 ]
+# Gemma 2 normalises each branch before and after: its post_attention_layernorm is the
+# attention output norm, and the MLP has pre/post norms of its own.
+_GEMMA2_NORMS = [
+    (r"\.post_attention_layernorm\.", ".attn_post_norm."),
+    (r"\.pre_feedforward_layernorm\.", ".mlp_norm."),
+    (r"\.post_feedforward_layernorm\.", ".mlp_post_norm."),
+]
 
 
-def hf_to_tt_state_dict(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a transformers Llama state dict to tt keys (docs/CONTRACTS.md).
+def _renames(model_type: str) -> list[tuple[str, str]]:
+    return _GEMMA2_NORMS + _HF_TO_TT if model_type == "gemma2" else _HF_TO_TT
 
-    A tied ``lm_head.weight`` (the embedding tensor itself) is dropped, as ``save_pretrained`` does.
+
+def hf_to_tt_state_dict(
+    hf_state: dict[str, torch.Tensor], model_type: str = "llama", config: dict | None = None
+) -> dict[str, torch.Tensor]:
+    """Rename a transformers state dict of ``model_type`` to tt keys (docs/CONTRACTS.md).
+
+    A tied ``lm_head.weight`` (the embedding tensor itself) is dropped, as ``save_pretrained``
+    does. Phi-3's fused ``qkv_proj``/``gate_up_proj`` are split using ``config`` (config.json).
     """
     renamed = {}
     embedding = hf_state["model.embed_tokens.weight"]
@@ -32,23 +46,71 @@ def hf_to_tt_state_dict(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Te
         if key == "lm_head.weight" and value.data_ptr() == embedding.data_ptr():
             continue
         key = key.removeprefix("model.")
-        for pattern, replacement in _HF_TO_TT:
+        for pattern, replacement in _renames(model_type):
             key = re.sub(pattern, replacement, key)
-        renamed[key] = value
+        renamed.update(_split_fused(key, value, config))
     return renamed
 
 
-def tt_to_hf_state_dict(tt_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Inverse of ``hf_to_tt_state_dict``."""
+def _split_fused(key: str, value: torch.Tensor, config: dict | None) -> dict[str, torch.Tensor]:
+    if key.endswith("qkv_proj.weight"):
+        head_dim = config["hidden_size"] // config["num_attention_heads"]
+        q_rows = config["num_attention_heads"] * head_dim
+        kv_rows = config["num_key_value_heads"] * head_dim
+        q, k, v = value.split([q_rows, kv_rows, kv_rows])
+        prefix = key.removesuffix("qkv_proj.weight")
+        return {f"{prefix}{n}_proj.weight": t for n, t in zip("qkv", (q, k, v))}
+    if key.endswith("gate_up_proj.weight"):
+        gate, up = value.chunk(2)
+        prefix = key.removesuffix("gate_up_proj.weight")
+        return {f"{prefix}gate_proj.weight": gate, f"{prefix}up_proj.weight": up}
+    return {key: value}
+
+
+# (tt text, HF text) replacements of the inverse renaming, in order.
+_TT_TO_HF = [
+    (".attn_norm.", ".input_layernorm."),
+    (".mlp_norm.", ".post_attention_layernorm."),
+    (".attn.", ".self_attn."),
+    ("tok_embeddings.", "embed_tokens."),
+]
+_GEMMA2_TT_TO_HF = [
+    (".attn_post_norm.", ".post_attention_layernorm."),
+    (".mlp_norm.", ".pre_feedforward_layernorm."),
+    (".mlp_post_norm.", ".post_feedforward_layernorm."),
+    *_TT_TO_HF,
+]
+
+
+def tt_to_hf_state_dict(
+    tt_state: dict[str, torch.Tensor], model_type: str = "llama"
+) -> dict[str, torch.Tensor]:
+    """Inverse of ``hf_to_tt_state_dict`` (re-fusing Phi-3's projections)."""
+    replacements = _GEMMA2_TT_TO_HF if model_type == "gemma2" else _TT_TO_HF
     renamed = {}
     for key, value in tt_state.items():
-        key = key.replace(".attn_norm.", ".input_layernorm.")
-        key = key.replace(".mlp_norm.", ".post_attention_layernorm.").replace(
-            ".attn.", ".self_attn."
-        )
-        key = key.replace("tok_embeddings.", "embed_tokens.")
+        for tt_text, hf_text in replacements:
+            key = key.replace(tt_text, hf_text)
         renamed["lm_head.weight" if key == "output.weight" else f"model.{key}"] = value
-    return renamed
+    return _fuse(renamed) if model_type == "phi3" else renamed
+
+
+def _fuse(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    fused = {}
+    for key, value in hf_state.items():
+        if key.endswith(("k_proj.weight", "v_proj.weight", "up_proj.weight")):
+            continue
+        if key.endswith("q_proj.weight"):
+            prefix = key.removesuffix("q_proj.weight")
+            parts = [hf_state[f"{prefix}{n}_proj.weight"] for n in "qkv"]
+            fused[f"{prefix}qkv_proj.weight"] = torch.cat(parts)
+        elif key.endswith("gate_proj.weight"):
+            prefix = key.removesuffix("gate_proj.weight")
+            parts = [hf_state[f"{prefix}{n}_proj.weight"] for n in ("gate", "up")]
+            fused[f"{prefix}gate_up_proj.weight"] = torch.cat(parts)
+        else:
+            fused[key] = value
+    return fused
 
 
 TINY = dict(
@@ -100,3 +162,43 @@ def tiny_tt_model(**overrides) -> TransformerDecoder:
     model = transformer_decoder(**{**args, **overrides}).eval()
     randomize_norms_and_biases(model)
     return model
+
+
+# Tiny configs of each family beyond Llama: (transformers config class name, overrides of TINY).
+# Sliding windows are 8 so that the 24-token test sequences slide; Gemma 2's caps are small so
+# that soft-capping changes the random model's scores and logits noticeably.
+FAMILIES = {
+    "qwen2": (
+        "Qwen2Config",
+        dict(use_sliding_window=True, sliding_window=8, max_window_layers=1),
+    ),
+    "qwen2_tied": ("Qwen2Config", dict(tie_word_embeddings=True)),
+    "qwen3": ("Qwen3Config", dict(head_dim=32)),
+    "mistral": ("MistralConfig", dict(sliding_window=8)),
+    "gemma": ("GemmaConfig", dict(head_dim=16)),
+    "gemma2": (
+        "Gemma2Config",
+        dict(
+            head_dim=16,
+            query_pre_attn_scalar=24,
+            sliding_window=8,
+            attn_logit_softcapping=0.1,
+            final_logit_softcapping=3.0,
+        ),
+    ),
+    "phi3": ("Phi3Config", dict(sliding_window=8)),
+}
+
+
+def family_hf_model(name: str, **overrides) -> torch.nn.Module:
+    """A random tiny transformers model of family ``name`` (a ``FAMILIES`` key), fp32 eval."""
+    import transformers
+
+    config_class, family_overrides = FAMILIES[name]
+    config = getattr(transformers, config_class)(**{**TINY, **family_overrides, **overrides})
+    # Soft-capping is only in the eager attention of transformers' Gemma 2.
+    attn = "eager" if config.model_type == "gemma2" else "sdpa"
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attn).eval()
+    randomize_norms_and_biases(hf)
+    return hf

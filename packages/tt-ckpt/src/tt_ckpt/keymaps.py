@@ -4,7 +4,8 @@ A family is a ``KeyMap``: rename rules (HF pattern, tt pattern), tensors that HF
 and tt stores split (split on load, concatenated on save), HF keys to drop on load, and the tt
 tensor shapes as expressions over config.json keys (checked on load and save). Patterns use
 ``{i}``-style placeholders that match a decimal index (layer number). Adding a family such as
-qwen2 or mistral is adding a ``KeyMap`` to ``FAMILIES``; nothing imports tt_models.
+qwen2 or mistral is adding a ``KeyMap`` to ``FAMILIES`` (keyed by transformers' ``model_type``);
+nothing imports tt_models.
 
 Example::
 
@@ -83,32 +84,48 @@ def _linear(hf_module: str, tt_module: str, out: str, in_: str) -> tuple:
     return rules, shapes
 
 
-def _decoder_tables(attn: str = "self_attn", mlp: str = "mlp") -> tuple[tuple, tuple]:
-    """Rules and shapes shared by Llama-like decoders (HF module names ``attn``/``mlp``)."""
-    q_out, kv_out = "num_attention_heads*head_dim", "num_key_value_heads*head_dim"
-    linears = [
-        ("q_proj", attn, "attn", q_out, "hidden_size"),
-        ("k_proj", attn, "attn", kv_out, "hidden_size"),
-        ("v_proj", attn, "attn", kv_out, "hidden_size"),
-        ("o_proj", attn, "attn", "hidden_size", q_out),
-        ("gate_proj", mlp, "mlp", "intermediate_size", "hidden_size"),
-        ("up_proj", mlp, "mlp", "intermediate_size", "hidden_size"),
-        ("down_proj", mlp, "mlp", "hidden_size", "intermediate_size"),
-    ]
+# (HF norm module, tt norm module) of each layer in Llama-like decoders.
+_LLAMA_NORMS = (("input_layernorm", "attn_norm"), ("post_attention_layernorm", "mlp_norm"))
+# Gemma 2 normalises each branch's input and output; its post_attention_layernorm is the
+# attention *output* norm, not the MLP input norm it is in Llama.
+_GEMMA2_NORMS = (
+    ("input_layernorm", "attn_norm"),
+    ("post_attention_layernorm", "attn_post_norm"),
+    ("pre_feedforward_layernorm", "mlp_norm"),
+    ("post_feedforward_layernorm", "mlp_post_norm"),
+)
+_Q_OUT, _KV_OUT = "num_attention_heads*head_dim", "num_key_value_heads*head_dim"
+_LINEARS = (
+    ("q_proj", "self_attn", "attn", _Q_OUT, "hidden_size"),
+    ("k_proj", "self_attn", "attn", _KV_OUT, "hidden_size"),
+    ("v_proj", "self_attn", "attn", _KV_OUT, "hidden_size"),
+    ("o_proj", "self_attn", "attn", "hidden_size", _Q_OUT),
+    ("gate_proj", "mlp", "mlp", "intermediate_size", "hidden_size"),
+    ("up_proj", "mlp", "mlp", "intermediate_size", "hidden_size"),
+    ("down_proj", "mlp", "mlp", "hidden_size", "intermediate_size"),
+)
+# Qwen3 normalises each query/key head (weights of size head_dim).
+_QK_NORMS = (("self_attn.q_norm", "attn.q_norm"), ("self_attn.k_norm", "attn.k_norm"))
+
+
+def _decoder_tables(
+    norms: tuple = _LLAMA_NORMS, head_norms: tuple = (), linears: tuple = _LINEARS
+) -> tuple[tuple, tuple]:
+    """Rules and shapes of a Llama-like decoder with these per-layer norms and linears."""
     rules = [
         ("model.embed_tokens.weight", "tok_embeddings.weight"),
         ("model.norm.weight", "norm.weight"),
         ("lm_head.weight", "output.weight"),
-        ("model.layers.{i}.input_layernorm.weight", "layers.{i}.attn_norm.weight"),
-        ("model.layers.{i}.post_attention_layernorm.weight", "layers.{i}.mlp_norm.weight"),
     ]
     shapes = [
         ("tok_embeddings.weight", ("vocab_size", "hidden_size")),
         ("output.weight", ("vocab_size", "hidden_size")),
         ("norm.weight", ("hidden_size",)),
-        ("layers.{i}.attn_norm.weight", ("hidden_size",)),
-        ("layers.{i}.mlp_norm.weight", ("hidden_size",)),
     ]
+    sized_norms = [(*n, "hidden_size") for n in norms] + [(*n, "head_dim") for n in head_norms]
+    for hf_norm, tt_norm, size in sized_norms:
+        rules.append((f"model.layers.{{i}}.{hf_norm}.weight", f"layers.{{i}}.{tt_norm}.weight"))
+        shapes.append((f"layers.{{i}}.{tt_norm}.weight", (size,)))
     for name, hf_parent, tt_parent, out, in_ in linears:
         lin_rules, lin_shapes = _linear(
             f"model.layers.{{i}}.{hf_parent}.{name}", f"layers.{{i}}.{tt_parent}.{name}", out, in_
@@ -118,16 +135,51 @@ def _decoder_tables(attn: str = "self_attn", mlp: str = "mlp") -> tuple[tuple, t
     return tuple(rules), tuple(shapes)
 
 
-_LLAMA_RULES, _LLAMA_SHAPES = _decoder_tables()
+def _llama_like(family: str, **tables) -> KeyMap:
+    rules, shapes = _decoder_tables(**tables)
+    return KeyMap(family=family, rules=rules, ignored_hf=_ROTARY_BUFFERS, tt_shapes=shapes)
 
-LLAMA = KeyMap(
-    family="llama",
-    rules=_LLAMA_RULES,
-    ignored_hf=("model.layers.{i}.self_attn.rotary_emb.inv_freq",),
-    tt_shapes=_LLAMA_SHAPES,
+
+_ROTARY_BUFFERS = ("model.layers.{i}.self_attn.rotary_emb.inv_freq",)
+# Phi-3 stores q/k/v as one qkv_proj and gate/up as one gate_up_proj (gate first).
+_PHI3_FUSED = (
+    FusedTensor(
+        hf="model.layers.{i}.self_attn.qkv_proj.weight",
+        tt=tuple(f"layers.{{i}}.attn.{p}_proj.weight" for p in "qkv"),
+        sizes=(_Q_OUT, _KV_OUT, _KV_OUT),
+    ),
+    FusedTensor(
+        hf="model.layers.{i}.mlp.gate_up_proj.weight",
+        tt=("layers.{i}.mlp.gate_proj.weight", "layers.{i}.mlp.up_proj.weight"),
+    ),
+)
+_PHI3_RULES, _PHI3_SHAPES = _decoder_tables(
+    linears=tuple(lin for lin in _LINEARS if lin[0] in ("o_proj", "down_proj"))
+)
+_, _ALL_LINEAR_SHAPES = _decoder_tables()
+
+LLAMA = _llama_like("llama")
+PHI3 = KeyMap(
+    family="phi3",
+    rules=_PHI3_RULES,
+    fused=_PHI3_FUSED,
+    ignored_hf=_ROTARY_BUFFERS,
+    # Shapes of the split parts are checked like any other tt tensor.
+    tt_shapes=_ALL_LINEAR_SHAPES,
 )
 
-FAMILIES: dict[str, KeyMap] = {"llama": LLAMA}
+# One entry per transformers model_type, so that load_hf_checkpoint picks the map from
+# config.json. Mistral, Qwen2 (q/k/v biases are covered by the bias rules) and Gemma share
+# Llama's names.
+FAMILIES: dict[str, KeyMap] = {
+    "llama": LLAMA,
+    "mistral": _llama_like("mistral"),
+    "qwen2": _llama_like("qwen2"),
+    "qwen3": _llama_like("qwen3", head_norms=_QK_NORMS),
+    "gemma": _llama_like("gemma"),
+    "gemma2": _llama_like("gemma2", norms=_GEMMA2_NORMS),
+    "phi3": PHI3,
+}
 
 
 def get_keymap(family: str | KeyMap, *, source: str = "") -> KeyMap:
@@ -280,7 +332,9 @@ def tt_module_to_hf(name: str, family: str | KeyMap = "llama") -> str:
     if part:
         raise CheckpointError(
             f"tt module {name!r} is part of the fused HF tensor {_fill(part[0].hf, part[2])!r} "
-            f"in family {keymap.family!r}, so it has no HF module of its own to name."
+            f"in family {keymap.family!r}, so it has no HF module of its own to name: fused HF "
+            f"modules cannot take per-projection adapters. Target modules that HF keeps "
+            f"separate instead (in Phi-3: o_proj, down_proj)."
         )
     found = _match([tt for _, tt in keymap.rules], weight_key, keymap._compiled)
     if found is None:

@@ -1,9 +1,11 @@
 """tt_models: decoder-only transformer definitions, KV-cache and generation.
 
-Depends on torch only. The Llama family (Llama 2, 3, 3.1, 3.2, 3.3) is built by one component
-builder, ``transformer_decoder``, from plain arguments (or ``build_model`` from a
-``DecoderConfig``); the model builders (``llama3_2_1b`` ...) only fix the published numbers.
-``from_hf_config`` / ``to_hf_config`` convert to and from a transformers ``config.json`` dict.
+Depends on torch only. One decoder serves every family: Llama 2/3/3.1/3.2/3.3 and SmolLM2,
+Qwen2.5, Qwen3, Mistral, Gemma, Gemma 2, Phi-3/Phi-4 differ only by ``DecoderConfig`` switches
+that pick small modules in ``build_model``. ``transformer_decoder`` is the Llama component
+builder; the model builders (``llama3_2_1b``, ``qwen2_5_0_5b``, ``gemma2_9b`` ...) only fix the
+published numbers. ``from_hf_config`` / ``to_hf_config`` convert to and from a transformers
+``config.json`` dict of any supported ``model_type``.
 State-dict keys follow docs/CONTRACTS.md (HF layout, short names: ``layers.0.attn.q_proj``).
 
 Example::
@@ -31,6 +33,32 @@ from tt_models.builders import (
 )
 from tt_models.config import DecoderConfig
 from tt_models.decoder import TransformerDecoder, TransformerSelfAttentionLayer
+from tt_models.families import (
+    gemma2_2b,
+    gemma2_9b,
+    gemma2_27b,
+    gemma_2b,
+    gemma_7b,
+    mistral_7b,
+    phi3_mini,
+    phi4_14b,
+    qwen2_5_0_5b,
+    qwen2_5_1_5b,
+    qwen2_5_3b,
+    qwen2_5_7b,
+    qwen2_5_14b,
+    qwen2_5_32b,
+    qwen2_5_72b,
+    qwen3_0_6b,
+    qwen3_1_7b,
+    qwen3_4b,
+    qwen3_8b,
+    qwen3_14b,
+    qwen3_32b,
+    smollm2_1_7b,
+    smollm2_135m,
+    smollm2_360m,
+)
 from tt_models.feed_forward import FeedForward
 from tt_models.generation import generate, generate_stream
 from tt_models.hf_config import SUPPORTED_MODEL_TYPES, from_hf_config, to_hf_config
@@ -53,6 +81,11 @@ __all__ = [
     "block_causal_mask",
     "build_model",
     "from_hf_config",
+    "gemma2_27b",
+    "gemma2_2b",
+    "gemma2_9b",
+    "gemma_2b",
+    "gemma_7b",
     "generate",
     "generate_stream",
     "llama2_13b",
@@ -66,8 +99,27 @@ __all__ = [
     "llama3_3_70b",
     "llama3_70b",
     "llama3_8b",
+    "mistral_7b",
     "padded_mask_and_positions",
+    "phi3_mini",
+    "phi4_14b",
+    "qwen2_5_0_5b",
+    "qwen2_5_14b",
+    "qwen2_5_1_5b",
+    "qwen2_5_32b",
+    "qwen2_5_3b",
+    "qwen2_5_72b",
+    "qwen2_5_7b",
+    "qwen3_0_6b",
+    "qwen3_14b",
+    "qwen3_1_7b",
+    "qwen3_32b",
+    "qwen3_4b",
+    "qwen3_8b",
     "rope_inv_freq",
+    "smollm2_135m",
+    "smollm2_1_7b",
+    "smollm2_360m",
     "to_hf_config",
     "transformer_decoder",
 ]

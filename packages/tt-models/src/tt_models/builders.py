@@ -36,7 +36,7 @@ def build_model(
             tok_embeddings=nn.Embedding(cfg.vocab_size, cfg.dim),
             layers=[_build_layer(cfg) for _ in range(cfg.n_layers)],
             rope=RotaryEmbedding(cfg.head_dim, cfg.rope_base, cfg.rope_scaling),
-            norm=RMSNorm(cfg.dim, cfg.norm_eps),
+            norm=_norm(cfg, cfg.dim),
             output=None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False),
             config=cfg,
         )
@@ -47,11 +47,33 @@ def build_model(
 
 def _build_layer(cfg: DecoderConfig) -> TransformerSelfAttentionLayer:
     return TransformerSelfAttentionLayer(
-        attn=MultiHeadAttention(cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.attn_bias),
-        mlp=FeedForward(cfg.dim, cfg.hidden_dim, cfg.mlp_bias),
-        attn_norm=RMSNorm(cfg.dim, cfg.norm_eps),
-        mlp_norm=RMSNorm(cfg.dim, cfg.norm_eps),
+        attn=_build_attention(cfg),
+        mlp=FeedForward(cfg.dim, cfg.hidden_dim, cfg.mlp_bias, cfg.activation),
+        attn_norm=_norm(cfg, cfg.dim),
+        mlp_norm=_norm(cfg, cfg.dim),
+        attn_post_norm=_norm(cfg, cfg.dim) if cfg.post_norms else None,
+        mlp_post_norm=_norm(cfg, cfg.dim) if cfg.post_norms else None,
     )
+
+
+def _build_attention(cfg: DecoderConfig) -> MultiHeadAttention:
+    scalar = cfg.query_pre_attn_scalar
+    return MultiHeadAttention(
+        cfg.dim,
+        cfg.n_heads,
+        cfg.n_kv_heads,
+        cfg.head_dim,
+        bias=cfg.attn_bias or cfg.qkv_bias,
+        o_bias=cfg.attn_bias,
+        q_norm=_norm(cfg, cfg.head_dim) if cfg.qk_norm else None,
+        k_norm=_norm(cfg, cfg.head_dim) if cfg.qk_norm else None,
+        scale=None if scalar is None else scalar**-0.5,
+        softcap=cfg.attn_softcap,
+    )
+
+
+def _norm(cfg: DecoderConfig, dim: int) -> RMSNorm:
+    return RMSNorm(dim, cfg.norm_eps, cfg.norm_offset)
 
 
 @contextmanager

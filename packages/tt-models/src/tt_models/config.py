@@ -12,15 +12,17 @@ LLAMA3_SCALING_KEYS = (
     "original_max_position_embeddings",
 )
 SUPPORTED_ROPE_SCALING_TYPES = ("llama3",)
+ACTIVATIONS = ("silu", "gelu_tanh")
+LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
 @dataclass
 class DecoderConfig:
-    """Architecture of a decoder-only transformer (Llama layout).
+    """Architecture of a decoder-only transformer (Llama layout plus per-family switches).
 
-    A family that needs more switches (qk-norm, sliding window, soft-capping, ...) adds a
-    field with a default that keeps the Llama behaviour, and ``build_model`` picks the small
-    module that field asks for.
+    Each family (Qwen, Mistral, Gemma, Phi-3, ...) is this dataclass with some switches set;
+    every switch defaults to the Llama behaviour, and ``build_model`` picks the small module a
+    switch asks for.
 
     Args:
         vocab_size: number of token embeddings and output logits.
@@ -39,6 +41,24 @@ class DecoderConfig:
         tie_embeddings: the output projection reuses the token-embedding weight.
         attn_bias: q/k/v/o projections have biases.
         mlp_bias: gate/up/down projections have biases.
+        model_type: the transformers ``model_type`` this config converts to (``to_hf_config``)
+            and the tt_ckpt key-map family of its checkpoints.
+        qkv_bias: q/k/v (not o) projections have biases (Qwen2); implied by ``attn_bias``.
+        qk_norm: RMSNorm over each query and key head before RoPE (Qwen3).
+        activation: gate activation of the gated MLP, "silu" (SwiGLU) or "gelu_tanh" (GeGLU).
+        norm_offset: RMSNorm scales by ``norm_offset + weight`` (Gemma stores ``weight - 1``: 1.0).
+        scale_embeddings: multiply token embeddings by ``sqrt(dim)`` (Gemma).
+        post_norms: also normalise the attention and MLP outputs before each residual add
+            (Gemma 2 "sandwich" norms).
+        sliding_window: a query sees only the last ``sliding_window`` positions (itself
+            included) in sliding-window layers; None disables it.
+        layer_types: per layer "full_attention" or "sliding_attention"; None means every layer
+            slides when ``sliding_window`` is set.
+        attn_softcap: attention scores become ``cap * tanh(scores / cap)`` (Gemma 2).
+        final_softcap: logits become ``cap * tanh(logits / cap)`` (Gemma 2); see
+            ``TransformerDecoder.logits_from_hidden``.
+        query_pre_attn_scalar: attention scores are scaled by ``query_pre_attn_scalar ** -0.5``
+            instead of ``head_dim ** -0.5`` (Gemma 2).
     """
 
     vocab_size: int
@@ -55,6 +75,18 @@ class DecoderConfig:
     tie_embeddings: bool = False
     attn_bias: bool = False
     mlp_bias: bool = False
+    model_type: str = "llama"
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    activation: str = "silu"
+    norm_offset: float = 0.0
+    scale_embeddings: bool = False
+    post_norms: bool = False
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] | None = None
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    query_pre_attn_scalar: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "hidden_dim", "max_seq_len"):
@@ -84,6 +116,39 @@ class DecoderConfig:
         self.rope_base = float(self.rope_base)
         if self.rope_scaling is not None:
             self.rope_scaling = normalize_rope_scaling(self.rope_scaling)
+        self._check_family_switches()
+
+    def _check_family_switches(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"DecoderConfig: activation={self.activation!r} is not supported; "
+                f"valid: {list(ACTIVATIONS)}"
+            )
+        if self.sliding_window is not None:
+            _check_positive_int("sliding_window", self.sliding_window)
+        if self.layer_types is not None:
+            self.layer_types = tuple(self.layer_types)
+            bad = sorted({t for t in self.layer_types if t not in LAYER_TYPES})
+            if bad or len(self.layer_types) != self.n_layers:
+                raise ValueError(
+                    f"DecoderConfig: layer_types must list one of {list(LAYER_TYPES)} for each "
+                    f"of the n_layers={self.n_layers} layers, got {list(self.layer_types)}"
+                )
+            # One spelling per model, so that equal architectures compare equal.
+            if self.sliding_window is None or set(self.layer_types) == {"sliding_attention"}:
+                self.layer_types = None
+        for name in ("attn_softcap", "final_softcap", "query_pre_attn_scalar"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"DecoderConfig: {name}={value!r} must be > 0 or None")
+
+    def layer_window(self, layer: int) -> int | None:
+        """The sliding window of layer ``layer`` (None: it attends to the whole context)."""
+        if self.sliding_window is None:
+            return None
+        if self.layer_types is None or self.layer_types[layer] == "sliding_attention":
+            return self.sliding_window
+        return None
 
 
 def normalize_rope_scaling(scaling: dict[str, Any], source: str = "rope_scaling") -> dict[str, Any]:

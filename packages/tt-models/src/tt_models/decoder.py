@@ -14,16 +14,28 @@ from tt_models.rope import RotaryEmbedding
 
 
 class TransformerSelfAttentionLayer(nn.Module):
-    """Pre-norm block: ``x + attn(attn_norm(x))`` then ``h + mlp(mlp_norm(h))``."""
+    """Pre-norm block: ``x + attn(attn_norm(x))`` then ``h + mlp(mlp_norm(h))``.
+
+    With ``attn_post_norm``/``mlp_post_norm`` (Gemma 2) each branch output is normalised again
+    before the residual add: ``x + attn_post_norm(attn(attn_norm(x)))``.
+    """
 
     def __init__(
-        self, attn: MultiHeadAttention, mlp: nn.Module, attn_norm: nn.Module, mlp_norm: nn.Module
+        self,
+        attn: MultiHeadAttention,
+        mlp: nn.Module,
+        attn_norm: nn.Module,
+        mlp_norm: nn.Module,
+        attn_post_norm: nn.Module | None = None,
+        mlp_post_norm: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.attn_norm = attn_norm
         self.attn = attn
+        self.attn_post_norm = attn_post_norm
         self.mlp_norm = mlp_norm
         self.mlp = mlp
+        self.mlp_post_norm = mlp_post_norm
 
     def forward(
         self,
@@ -33,8 +45,14 @@ class TransformerSelfAttentionLayer(nn.Module):
         input_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``x``: ``[b, s, dim]`` -> ``[b, s, dim]``; see ``MultiHeadAttention.forward``."""
-        h = x + self.attn(self.attn_norm(x), rope, mask, input_pos)
-        return h + self.mlp(self.mlp_norm(h))
+        attn_out = self.attn(self.attn_norm(x), rope, mask, input_pos)
+        if self.attn_post_norm is not None:
+            attn_out = self.attn_post_norm(attn_out)
+        h = x + attn_out
+        mlp_out = self.mlp(self.mlp_norm(h))
+        if self.mlp_post_norm is not None:
+            mlp_out = self.mlp_post_norm(mlp_out)
+        return h + mlp_out
 
 
 class TransformerDecoder(nn.Module):
@@ -46,7 +64,9 @@ class TransformerDecoder(nn.Module):
 
     For a loss that never materialises ``[b, s, vocab]`` logits, call
     ``forward(tokens, return_hidden=True)`` to get the final-norm output ``[b, s, dim]`` and
-    project chunks of it with ``output_weight()`` (``logits = hidden @ output_weight().T``).
+    turn chunks of it into logits with ``logits_from_hidden(chunk)``: that applies the final
+    logit soft-capping of families that have it (``final_softcap``, Gemma 2), which a bare
+    ``chunk @ output_weight().T`` would miss.
     """
 
     def __init__(
@@ -66,6 +86,9 @@ class TransformerDecoder(nn.Module):
         self.rope = rope
         self.norm = norm
         self.output = output
+        self.final_softcap = config.final_softcap
+        # Gemma scales embeddings by sqrt(dim), rounded to the model dtype like transformers.
+        self.embed_scale = config.dim**0.5 if config.scale_embeddings else None
 
     @torch.no_grad()
     def init_weights(self, std: float = 0.02) -> None:
@@ -82,11 +105,25 @@ class TransformerDecoder(nn.Module):
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, RMSNorm):
-                nn.init.ones_(module.weight)
+                module.reset_parameters()
 
     def output_weight(self) -> torch.Tensor:
         """The output projection weight ``[vocab_size, dim]`` (the embedding weight when tied)."""
         return self.tok_embeddings.weight if self.output is None else self.output.weight
+
+    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Project final-norm hidden states ``[..., dim]`` to logits ``[..., vocab_size]``,
+        soft-capped when the family caps its logits (Gemma 2).
+
+        Calls the output module when there is one, so adapters wrapping it (LoRA) take effect.
+        """
+        if self.output is not None:
+            logits = self.output(hidden)
+        else:
+            logits = F.linear(hidden, self.output_weight())
+        if self.final_softcap is not None:
+            logits = self.final_softcap * torch.tanh(logits / self.final_softcap)
+        return logits
 
     def forward(
         self,
@@ -116,15 +153,42 @@ class TransformerDecoder(nn.Module):
         if mask is None and self.caches_are_enabled():
             slots = torch.arange(self._cache_len(), device=tokens.device)
             mask = slots <= input_pos[..., None]  # [b, s, cache_len]
+        masks = self._layer_masks(mask, input_pos)
         rope = self.rope(input_pos)
         h = self.tok_embeddings(tokens)
-        for layer in self.layers:
-            h = layer(h, rope, mask, input_pos)
+        if self.embed_scale is not None:
+            h = h * torch.tensor(self.embed_scale, dtype=h.dtype)
+        for index, layer in enumerate(self.layers):
+            h = layer(h, rope, masks[self.config.layer_window(index)], input_pos)
         h = self.norm(h)
-        if return_hidden:
-            return h
-        # Call the output module when there is one, so adapters wrapping it (LoRA) take effect.
-        return self.output(h) if self.output is not None else F.linear(h, self.output_weight())
+        return h if return_hidden else self.logits_from_hidden(h)
+
+    def _layer_masks(
+        self, mask: torch.Tensor | None, input_pos: torch.Tensor
+    ) -> dict[int | None, torch.Tensor | None]:
+        """The mask of each distinct sliding window (None: full attention) among the layers.
+
+        A sliding-window query at position ``p`` also drops keys at positions ``<= p - window``.
+        Key positions are the cache slots with a KV-cache and ``input_pos`` without one, so
+        packed documents and left-padded rows slide by their own positions.
+        """
+        windows = {self.config.layer_window(i) for i in range(len(self.layers))}
+        masks: dict[int | None, torch.Tensor | None] = {None: mask}
+        if windows == {None}:
+            return masks
+        if self.caches_are_enabled():
+            key_pos = torch.arange(self._cache_len(), device=input_pos.device).expand(
+                input_pos.shape[0], -1
+            )
+        else:
+            key_pos = input_pos
+        if mask is None:  # causal over the sequence order, as SDPA's is_causal
+            s = input_pos.shape[1]
+            mask = torch.ones(s, s, dtype=torch.bool, device=input_pos.device).tril()
+        for window in windows - {None}:
+            recent = key_pos[:, None, :] > input_pos[:, :, None] - window  # [b, s, kv_len]
+            masks[window] = mask & recent
+        return masks
 
     def _check_inputs(
         self, tokens: torch.Tensor, mask: torch.Tensor | None, input_pos: torch.Tensor | None
