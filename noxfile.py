@@ -29,7 +29,10 @@ PACKAGES: dict[str, tuple[list[str], list[str]]] = {
     "tt-data": ([], []),
     "tt-ckpt": ([], []),
     "tt-dist": ([], []),
-    "tt-recipes": (["tt-models", "tt-peft", "tt-data", "tt-ckpt", "tt-dist"], ["tensorboard", "wandb"]),
+    "tt-recipes": (
+        ["tt-models", "tt-peft", "tt-data", "tt-ckpt", "tt-dist"],
+        ["tensorboard", "wandb"],
+    ),
     "tt-cli": (["tt-models", "tt-peft", "tt-data", "tt-ckpt", "tt-dist", "tt-recipes"], []),
 }
 
@@ -38,9 +41,21 @@ def _constraints(session: nox.Session) -> str:
     """Export uv.lock as a constraints file so every session tests the locked versions."""
     path = Path(session.create_tmp()) / "constraints.txt"
     text = subprocess.run(
-        ["uv", "export", "--frozen", "--no-hashes", "--no-emit-workspace", "--all-groups",
-         "--all-extras", "--format", "requirements-txt"],
-        cwd=ROOT, check=True, capture_output=True, text=True,
+        [
+            "uv",
+            "export",
+            "--frozen",
+            "--no-hashes",
+            "--no-emit-workspace",
+            "--all-groups",
+            "--all-extras",
+            "--format",
+            "requirements-txt",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     path.write_text(text)
     return str(path)

@@ -8,6 +8,8 @@ produce the same gradients.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -28,36 +30,40 @@ def count_trained_tokens(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX)
     return int((labels[:, 1:] != ignore_index).sum())
 
 
+Projection = Callable[[torch.Tensor], torch.Tensor]
+
+
 def chunked_cross_entropy_sum(
     hidden: torch.Tensor,
-    output_weight: torch.Tensor,
+    project: Projection,
     targets: torch.Tensor,
     *,
     num_chunks: int = 8,
     ignore_index: int = IGNORE_INDEX,
 ) -> torch.Tensor:
-    """Summed cross-entropy of ``hidden @ output_weight.T`` against ``targets``.
+    """Summed cross-entropy of ``project(hidden)`` against ``targets``.
 
-    The vocabulary projection and the fp32 upcast happen one sequence chunk at a time, so the
-    fp32 logits of the whole batch ([b, s, vocab], often the largest tensor of a step) never
-    exist at once. Each chunk is checkpointed: its logits are recomputed in backward instead of
-    being kept alive.
+    ``project`` maps hidden states to logits (``model.logits_from_hidden``: the output layer,
+    its adapters and any logit soft-capping). It runs, with the fp32 upcast, one sequence chunk
+    at a time, so the fp32 logits of the whole batch ([b, s, vocab], often the largest tensor
+    of a step) never exist at once. Each chunk is checkpointed: its logits are recomputed in
+    backward instead of being kept alive.
 
-    hidden: [b, s, dim]; output_weight: [vocab, dim]; targets: [b, s] already shifted.
+    hidden: [b, s, dim]; targets: [b, s] already shifted.
     Returns a 0-dim fp32 tensor (sum over non-ignored positions).
     """
     total = hidden.new_zeros((), dtype=torch.float32)
     for h, t in zip(hidden.chunk(num_chunks, dim=1), targets.chunk(num_chunks, dim=1)):
         total = total + torch.utils.checkpoint.checkpoint(
-            _chunk_loss, h, output_weight, t, ignore_index, use_reentrant=False
+            _chunk_loss, h, project, t, ignore_index, use_reentrant=False
         )
     return total
 
 
 def _chunk_loss(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int
+    hidden: torch.Tensor, project: Projection, targets: torch.Tensor, ignore_index: int
 ) -> torch.Tensor:
-    logits = F.linear(hidden, weight).float()  # [b, chunk, vocab]
+    logits = project(hidden).float()  # [b, chunk, vocab]
     return F.cross_entropy(
         logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index, reduction="sum"
     )
@@ -75,7 +81,7 @@ def cross_entropy_sum(
 class ChunkedCrossEntropy:
     """The default SFT loss: summed cross-entropy computed in ``num_chunks`` sequence chunks.
 
-    Called by the recipe as ``loss(hidden [b, s, dim], output_weight [vocab, dim], targets)``.
+    Called by the recipe as ``loss(hidden [b, s, dim], model.logits_from_hidden, targets)``.
     """
 
     def __init__(self, num_chunks: int = 8, ignore_index: int = IGNORE_INDEX):
@@ -85,9 +91,12 @@ class ChunkedCrossEntropy:
         self.ignore_index = ignore_index
 
     def __call__(
-        self, hidden: torch.Tensor, output_weight: torch.Tensor, targets: torch.Tensor
+        self, hidden: torch.Tensor, project: Projection, targets: torch.Tensor
     ) -> torch.Tensor:
         return chunked_cross_entropy_sum(
-            hidden, output_weight, targets, num_chunks=self.num_chunks,
+            hidden,
+            project,
+            targets,
+            num_chunks=self.num_chunks,
             ignore_index=self.ignore_index,
         )

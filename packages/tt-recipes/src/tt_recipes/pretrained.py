@@ -59,25 +59,36 @@ def save_pretrained(
     dtype: torch.dtype | str | None = None,
     max_shard_size: int | str = "5GB",
     state_dict: dict[str, torch.Tensor] | None = None,
+    config_updates: dict | None = None,
 ) -> Path:
     """Write ``model`` as a HF directory (config.json + safetensors, tokenizer files copied
-    from ``source_dir``). ``state_dict`` overrides the model's own (e.g. a gathered FSDP one)."""
+    from ``source_dir``). ``state_dict`` overrides the model's own (e.g. a gathered FSDP one);
+    ``config_updates`` are written into config.json last (e.g. the tokenizer's token ids)."""
     dtype = resolve_dtype(dtype) or next(model.parameters()).dtype
     config = to_hf_config(model.config, dtype=dtype)
     if source_dir is not None and (Path(source_dir) / "config.json").is_file():
         # Keep fields tt does not model (token ids, architectures' extras) from the source.
-        config = {**read_hf_config(source_dir), **config}
+        known = {k: v for k, v in config.items() if v is not None}  # None: tt does not know it
+        config = {**read_hf_config(source_dir), **known}
+    config.update(config_updates or {})
     weights = state_dict if state_dict is not None else model.state_dict()
     return save_hf_checkpoint(
-        weights, config, output_dir, source_dir=source_dir, dtype=dtype,
+        weights,
+        config,
+        output_dir,
+        source_dir=source_dir,
+        dtype=dtype,
         max_shard_size=max_shard_size,
     )
 
 
 _DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
 }
 
 

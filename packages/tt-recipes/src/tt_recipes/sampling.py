@@ -25,8 +25,15 @@ class ResumableSampler(Sampler[int]):
             evenly is dropped so every rank takes the same number of steps).
     """
 
-    def __init__(self, num_samples: int, *, seed: int = 0, shuffle: bool = True,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        num_samples: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if num_samples < world_size:
             raise ValueError(
                 f"the dataset has {num_samples} samples, fewer than the {world_size} processes"

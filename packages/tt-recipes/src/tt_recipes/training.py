@@ -101,6 +101,16 @@ def build_model(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> to
     return model.train()
 
 
+def token_id_config(tokenizer: Any) -> dict[str, int]:
+    """The tokenizer's special ids as config.json fields (so generation stops where trained)."""
+    ids = {
+        "bos_token_id": tokenizer.bos_id,
+        "eos_token_id": tokenizer.eos_id,
+        "pad_token_id": tokenizer.pad_id,
+    }
+    return {key: value for key, value in ids.items() if value is not None}
+
+
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     total = sum(p.numel() for p in model.parameters())
@@ -121,14 +131,22 @@ def build_dataset(dataset_cfg: Any, tokenizer: Any) -> Dataset:
 
 
 def build_dataloader(
-    dataset: Dataset, *, batch_size: int, collate_fn: Any, seed: int, shuffle: bool,
-    rank: int = 0, world_size: int = 1,
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    collate_fn: Any,
+    seed: int,
+    shuffle: bool,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[DataLoader, ResumableSampler]:
     """A single-process DataLoader over a resumable, rank-sharded sampler."""
-    sampler = ResumableSampler(len(dataset), seed=seed, shuffle=shuffle, rank=rank,
-                               world_size=world_size)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
-                        drop_last=True)
+    sampler = ResumableSampler(
+        len(dataset), seed=seed, shuffle=shuffle, rank=rank, world_size=world_size
+    )
+    loader = DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn, drop_last=True
+    )
     return loader, sampler
 
 
@@ -146,14 +164,29 @@ def complete_step_dirs(output_dir: str | Path) -> list[Path]:
     root = Path(output_dir)
     if not root.is_dir():
         return []
-    dirs = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(STEP_DIR_PREFIX)
-            and p.name[len(STEP_DIR_PREFIX):].isdigit()]
-    return sorted(dirs, key=lambda p: int(p.name[len(STEP_DIR_PREFIX):]))
+    dirs = [
+        p
+        for p in root.iterdir()
+        if p.is_dir()
+        and p.name.startswith(STEP_DIR_PREFIX)
+        and p.name[len(STEP_DIR_PREFIX) :].isdigit()
+    ]
+    return sorted(dirs, key=lambda p: int(p.name[len(STEP_DIR_PREFIX) :]))
 
 
 def latest_step_dir(output_dir: str | Path) -> Path | None:
     dirs = complete_step_dirs(output_dir)
     return dirs[-1] if dirs else None
+
+
+def remove_unfinished_saves(output_dir: str | Path) -> None:
+    """Delete temporary directories left by a save that was killed before it completed."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return
+    for tmp in root.glob(f".{STEP_DIR_PREFIX}*"):
+        log.info(f"Removing unfinished checkpoint {tmp.name} (the run stopped while saving it)")
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def prune_checkpoints(output_dir: str | Path, keep_last_n: int | None) -> None:

@@ -32,8 +32,11 @@ log = logging.getLogger("tt")
 # Keys shared by every supervised fine-tuning recipe (lora_finetune adds ``peft``).
 SFT_KEYS: dict[str, ConfigKey] = {
     "output_dir": ConfigKey(str, required=True, doc="where checkpoints and logs go"),
-    "model": ConfigKey(component=True, doc="architecture to build with random weights "
-                       "(unused when checkpointer.checkpoint_dir is set)"),
+    "model": ConfigKey(
+        component=True,
+        doc="architecture to build with random weights "
+        "(unused when checkpointer.checkpoint_dir is set)",
+    ),
     "tokenizer": ConfigKey(component=True, required=True, doc="tokenizer builder"),
     "checkpointer": ConfigKey(
         keys={
@@ -42,10 +45,15 @@ SFT_KEYS: dict[str, ConfigKey] = {
             "output_dir": ConfigKey(str | None, doc="defaults to output_dir"),
             "max_shard_size": ConfigKey(str, default="5GB", doc="safetensors shard size"),
         },
-        default={}, doc="where weights come from and how they are saved",
+        default={},
+        doc="where weights come from and how they are saved",
     ),
-    "dataset": ConfigKey(component=True, required=True, positional=1,
-                         doc="dataset component (called with the tokenizer), or a list"),
+    "dataset": ConfigKey(
+        component=True,
+        required=True,
+        positional=1,
+        doc="dataset component (called with the tokenizer), or a list",
+    ),
     "seed": ConfigKey(int, default=0),
     "shuffle": ConfigKey(bool, default=True),
     "batch_size": ConfigKey(int, default=1, doc="samples per micro-batch per process"),
@@ -53,8 +61,9 @@ SFT_KEYS: dict[str, ConfigKey] = {
     "max_steps_per_epoch": ConfigKey(int | None, default=None),
     "gradient_accumulation_steps": ConfigKey(int, default=1),
     "optimizer": ConfigKey(component=True, required=True, positional=1),
-    "lr_scheduler": ConfigKey(component=True, positional=2,
-                              doc="called with (optimizer, num_training_steps)"),
+    "lr_scheduler": ConfigKey(
+        component=True, positional=2, doc="called with (optimizer, num_training_steps)"
+    ),
     "loss": ConfigKey(component=True, doc="defaults to tt_recipes.losses.ChunkedCrossEntropy"),
     "clip_grad_norm": ConfigKey(float | None, default=None),
     "dtype": ConfigKey(str, default="fp32", doc="fp32 | bf16"),
@@ -103,8 +112,12 @@ class Run:
 
 
 def recipe_main(cfg: DictConfig) -> None:
-    run = setup(cfg, prepare_model=lambda model, cfg: model, save_model=save_full_model,
-                restore_model=restore_full_model)
+    run = setup(
+        cfg,
+        prepare_model=lambda model, cfg: model,
+        save_model=save_full_model,
+        restore_model=restore_full_model,
+    )
     train(run)
 
 
@@ -127,8 +140,10 @@ def setup(
     if cfg.compile:
         training.compile_blocks(model)
     trainable, total = training.count_parameters(model)
-    log.info(f"Model: {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M trainable, "
-             f"{dtype}, on {device}")
+    log.info(
+        f"Model: {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M trainable, "
+        f"{dtype}, on {device}"
+    )
 
     tokenizer = instantiate(cfg.tokenizer)
     collate = partial(_collate, pad_id=tokenizer.pad_id)
@@ -156,23 +171,41 @@ def setup(
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = instantiate(cfg.optimizer, params)
-    scheduler = (instantiate(cfg.lr_scheduler, optimizer, total_steps)
-                 if cfg.get("lr_scheduler") is not None else None)
+    scheduler = (
+        instantiate(cfg.lr_scheduler, optimizer, total_steps)
+        if cfg.get("lr_scheduler") is not None
+        else None
+    )
     loss_fn = instantiate(cfg.loss) if cfg.get("loss") is not None else _default_loss()
-    logger = (instantiate(cfg.metric_logger) if cfg.get("metric_logger") is not None
-              else _stdout_logger())
+    logger = (
+        instantiate(cfg.metric_logger) if cfg.get("metric_logger") is not None else _stdout_logger()
+    )
     logger.log_config(OmegaConf.to_container(cfg, resolve=True))
 
-    run = Run(cfg=cfg, model=model, tokenizer=tokenizer, optimizer=optimizer,
-              scheduler=scheduler, loss_fn=loss_fn, loader=loader, sampler=sampler,
-              val_loader=val_loader, logger=logger, device=device,
-              steps_per_epoch=steps_per_epoch, total_steps=total_steps, save_model=save_model,
-              restore_model=restore_model)
+    run = Run(
+        cfg=cfg,
+        model=model,
+        tokenizer=tokenizer,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loss_fn=loss_fn,
+        loader=loader,
+        sampler=sampler,
+        val_loader=val_loader,
+        logger=logger,
+        device=device,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        save_model=save_model,
+        restore_model=restore_model,
+    )
     if cfg.resume_from_checkpoint:
         resume(run)
-    log.info(f"Training: {cfg.epochs} epoch(s) x {steps_per_epoch} steps, "
-             f"{len(dataset)} samples, batch {cfg.batch_size} x {cfg.gradient_accumulation_steps}"
-             f" accumulation")
+    log.info(
+        f"Training: {cfg.epochs} epoch(s) x {steps_per_epoch} steps, "
+        f"{len(dataset)} samples, batch {cfg.batch_size} x {cfg.gradient_accumulation_steps}"
+        f" accumulation"
+    )
     return run
 
 
@@ -182,8 +215,14 @@ def train(run: Run) -> None:
     cfg = run.cfg
     ga = cfg.gradient_accumulation_steps
     start_epoch, start_in_epoch = divmod(run.step, run.steps_per_epoch)
-    progress = tqdm(total=run.total_steps, initial=run.step, desc="training", unit="step",
-                    dynamic_ncols=True, disable=not _is_rank_zero())
+    progress = tqdm(
+        total=run.total_steps,
+        initial=run.step,
+        desc="training",
+        unit="step",
+        dynamic_ncols=True,
+        disable=not _is_rank_zero(),
+    )
     window_start, window_tokens = time.perf_counter(), 0
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -199,7 +238,7 @@ def train(run: Run) -> None:
                 progress.set_postfix(loss=f"{loss:.4f}")
                 training.check_finite(loss, run.step, cfg.output_dir)
                 run.history.append(loss)
-                if run.step % cfg.log_every_n_steps == 0:
+                if run.step % cfg.log_every_n_steps == 0 or run.step == 1:
                     elapsed = time.perf_counter() - window_start
                     log_metrics(run, loss, grad_norm, window_tokens / max(elapsed, 1e-9))
                     window_start, window_tokens = time.perf_counter(), 0
@@ -213,8 +252,9 @@ def train(run: Run) -> None:
         run.logger.close()
 
 
-def optimizer_step(run: Run, micro_batches: list[dict[str, torch.Tensor]]
-                   ) -> tuple[float, int, float | None]:
+def optimizer_step(
+    run: Run, micro_batches: list[dict[str, torch.Tensor]]
+) -> tuple[float, int, float | None]:
     """Forward/backward every micro-batch, then one optimizer step.
 
     Each micro-batch's summed loss is divided by the trained tokens of ALL micro-batches of
@@ -224,14 +264,20 @@ def optimizer_step(run: Run, micro_batches: list[dict[str, torch.Tensor]]
     model, cfg = run.model, run.cfg
     trained = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
     if trained == 0:
-        raise ValueError(f"step {run.step + 1}: no trained tokens in the batch (all labels "
-                         "masked); check the dataset's masking / train_on_input settings")
+        raise ValueError(
+            f"step {run.step + 1}: no trained tokens in the batch (all labels "
+            "masked); check the dataset's masking / train_on_input settings"
+        )
     total_loss = 0.0
     for batch in micro_batches:
         batch = {k: v.to(run.device) for k, v in batch.items()}
-        hidden = model(batch["tokens"], mask=batch.get("mask"), input_pos=batch.get("input_pos"),
-                       return_hidden=True)
-        loss_sum = run.loss_fn(hidden, model.output_weight(), shift_labels(batch["labels"]))
+        hidden = model(
+            batch["tokens"],
+            mask=batch.get("mask"),
+            input_pos=batch.get("input_pos"),
+            return_hidden=True,
+        )
+        loss_sum = run.loss_fn(hidden, model.logits_from_hidden, shift_labels(batch["labels"]))
         (loss_sum / trained).backward()
         total_loss += loss_sum.item()
     grad_norm = None
@@ -253,17 +299,25 @@ def validate(run: Run) -> float:
     total, count = 0.0, 0
     for batch in run.val_loader:
         batch = {k: v.to(run.device) for k, v in batch.items()}
-        hidden = run.model(batch["tokens"], mask=batch.get("mask"),
-                           input_pos=batch.get("input_pos"), return_hidden=True)
+        hidden = run.model(
+            batch["tokens"],
+            mask=batch.get("mask"),
+            input_pos=batch.get("input_pos"),
+            return_hidden=True,
+        )
         targets = shift_labels(batch["labels"])
-        total += run.loss_fn(hidden, run.model.output_weight(), targets).item()
+        total += run.loss_fn(hidden, run.model.logits_from_hidden, targets).item()
         count += int((targets != IGNORE_INDEX).sum())
     run.model.train()
     return total / max(count, 1)
 
 
 def log_metrics(run: Run, loss: float, grad_norm: float | None, tokens_per_s: float) -> None:
-    metrics = {"loss": loss, "lr": run.optimizer.param_groups[0]["lr"], "tokens_per_s": tokens_per_s}
+    metrics = {
+        "loss": loss,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "tokens_per_s": tokens_per_s,
+    }
     if grad_norm is not None:
         metrics["grad_norm"] = grad_norm
     if run.cfg.log_peak_memory_stats:
@@ -295,10 +349,27 @@ def save_checkpoint(run: Run) -> Path:
 
 
 def save_full_model(run: Run, directory: Path) -> None:
-    source = run.cfg.checkpointer.get("checkpoint_dir")
-    source_dir = training.resolve_checkpoint_dir(source) if source else None
-    save_pretrained(run.model, directory, source_dir=source_dir or _tokenizer_dir(run.cfg),
-                    max_shard_size=run.cfg.checkpointer.max_shard_size)
+    save_hf_model(run, directory)
+
+
+def save_hf_model(run: Run, directory: Path, **kwargs: Any) -> None:
+    """The model as a HF directory, with config fields and tokenizer files from its source
+    (the checkpoint it started from, else the tokenizer's directory)."""
+    save_pretrained(
+        run.model,
+        directory,
+        source_dir=source_dir(run.cfg),
+        max_shard_size=run.cfg.checkpointer.max_shard_size,
+        config_updates=training.token_id_config(run.tokenizer),
+        **kwargs,
+    )
+
+
+def source_dir(cfg: DictConfig) -> Path | str | None:
+    checkpoint_dir = cfg.checkpointer.get("checkpoint_dir")
+    if checkpoint_dir:
+        return training.resolve_checkpoint_dir(checkpoint_dir)
+    return cfg.tokenizer.get("path")
 
 
 def restore_full_model(run: Run, directory: Path) -> None:
@@ -308,6 +379,7 @@ def restore_full_model(run: Run, directory: Path) -> None:
 def resume(run: Run) -> None:
     """Restore optimizer, schedule, RNG, data position and step from the latest checkpoint."""
     out_root = run.cfg.checkpointer.get("output_dir") or run.cfg.output_dir
+    training.remove_unfinished_saves(out_root)
     latest = training.latest_step_dir(out_root)
     if latest is None:
         raise FileNotFoundError(
@@ -346,10 +418,6 @@ def _stdout_logger() -> Any:
     from tt_recipes.metric_logging import StdoutLogger
 
     return StdoutLogger()
-
-
-def _tokenizer_dir(cfg: DictConfig) -> str | None:
-    return cfg.tokenizer.get("path")
 
 
 def _due(step: int, every: int | None) -> bool:

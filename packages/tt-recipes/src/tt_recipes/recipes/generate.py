@@ -1,7 +1,7 @@
 """Generate text from a checkpoint: plain prompt or chat messages, streamed, with tokens/s.
 
-    tt run generate --config tiny/generate
-    tt run generate --config tiny/generate prompt="What is 3 + 4?" temperature=0.8 top_k=50
+tt run generate --config tiny/generate
+tt run generate --config tiny/generate prompt="What is 3 + 4?" temperature=0.8 top_k=50
 """
 
 from __future__ import annotations
@@ -27,10 +27,12 @@ SPEC = RecipeSpec(
     keys={
         "checkpoint_dir": ConfigKey(str, required=True, doc="HF model dir or a tt run's output"),
         "tokenizer": ConfigKey(component=True, required=True),
-        "prompt": ConfigKey(str | list, required=True,
-                            doc="text, or a list of {role, content} chat messages"),
-        "chat": ConfigKey(bool, default=True,
-                          doc="format a text prompt as a user turn with the chat template"),
+        "prompt": ConfigKey(
+            str | list, required=True, doc="text, or a list of {role, content} chat messages"
+        ),
+        "chat": ConfigKey(
+            bool, default=True, doc="format a text prompt as a user turn with the chat template"
+        ),
         "max_new_tokens": ConfigKey(int, default=128),
         "temperature": ConfigKey(float, default=0.0, doc="0 = greedy"),
         "top_k": ConfigKey(int | None, default=None),
@@ -45,32 +47,40 @@ SPEC = RecipeSpec(
 def recipe_main(cfg: DictConfig) -> None:
     training.setup_logging()
     device = training.get_device(cfg.device)
-    model = from_pretrained(training.resolve_checkpoint_dir(cfg.checkpoint_dir),
-                            dtype=cfg.dtype, device=device)
+    model = from_pretrained(
+        training.resolve_checkpoint_dir(cfg.checkpoint_dir), dtype=cfg.dtype, device=device
+    )
     tokenizer = instantiate(cfg.tokenizer)
-    prompt = prompt_tokens(tokenizer, OmegaConf.to_container(cfg, resolve=True)["prompt"],
-                           cfg.chat)
+    prompt = prompt_tokens(tokenizer, OmegaConf.to_container(cfg, resolve=True)["prompt"], cfg.chat)
     log.info(f"Prompt ({len(prompt)} tokens): {tokenizer.decode(prompt)!r}")
 
     start = time.perf_counter()
     generated: list[int] = []
     printed = ""
     with torch.no_grad():
-        for token in generate_stream(model, prompt, cfg.max_new_tokens,
-                                     temperature=cfg.temperature, top_k=cfg.top_k,
-                                     top_p=cfg.top_p, stop_tokens=tokenizer.stop_tokens,
-                                     seed=cfg.seed):
+        for token in generate_stream(
+            model,
+            prompt,
+            cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            stop_tokens=tokenizer.stop_tokens,
+            seed=cfg.seed,
+        ):
             generated.append(token)
             if token in tokenizer.stop_tokens:
                 break
             # Decode the whole continuation each time: a character may span several tokens.
             text = tokenizer.decode(generated)
-            sys.stdout.write(text[len(printed):])
+            sys.stdout.write(text[len(printed) :])
             sys.stdout.flush()
             printed = text
     elapsed = time.perf_counter() - start
     sys.stdout.write("\n")
-    log.info(f"{len(generated)} tokens in {elapsed:.2f} s ({len(generated) / elapsed:.1f} tokens/s)")
+    log.info(
+        f"{len(generated)} tokens in {elapsed:.2f} s ({len(generated) / elapsed:.1f} tokens/s)"
+    )
 
 
 def prompt_tokens(tokenizer, prompt: str | list, chat: bool) -> list[int]:

@@ -20,9 +20,7 @@ from tt_ckpt import tt_module_to_hf
 from tt_peft import apply_lora, load_adapter, mark_only_adapters_trainable, merged_state_dict
 from tt_peft import save_adapter as save_peft_adapter
 
-from tt_recipes import training
 from tt_recipes.config import ConfigKey, RecipeSpec
-from tt_recipes.pretrained import save_pretrained
 from tt_recipes.recipes import full_finetune
 from tt_recipes.recipes.full_finetune import Run
 
@@ -34,8 +32,11 @@ PEFT_KEYS = {
     "rank": ConfigKey(int, default=8, doc="adapter rank r"),
     "alpha": ConfigKey(float, default=16.0, doc="scaling numerator: alpha / r"),
     "dropout": ConfigKey(float, default=0.0),
-    "target_modules": ConfigKey(list | str, default=["q_proj", "v_proj"],
-                                doc="module names (q_proj, v_proj, gate_proj, ...) or a regex"),
+    "target_modules": ConfigKey(
+        list | str,
+        default=["q_proj", "v_proj"],
+        doc="module names (q_proj, v_proj, gate_proj, ...) or a regex",
+    ),
     "use_dora": ConfigKey(bool, default=False),
     "use_rslora": ConfigKey(bool, default=False, doc="scale by alpha / sqrt(r)"),
     "quantize_base": ConfigKey(bool, default=False, doc="NF4 base weights (QLoRA/QDoRA)"),
@@ -44,25 +45,38 @@ PEFT_KEYS = {
 SPEC = RecipeSpec(
     name="lora_finetune",
     description="LoRA/DoRA/QLoRA/QDoRA fine-tuning; saves a merged HF model and a PEFT adapter.",
-    keys={**full_finetune.SFT_KEYS,
-          "peft": ConfigKey(keys=PEFT_KEYS, default={}, doc="adapter settings")},
+    keys={
+        **full_finetune.SFT_KEYS,
+        "peft": ConfigKey(keys=PEFT_KEYS, default={}, doc="adapter settings"),
+    },
 )
 
 
 def recipe_main(cfg: DictConfig) -> None:
-    run = full_finetune.setup(cfg, prepare_model=add_adapters, save_model=save_lora_model,
-                              restore_model=restore_adapter)
+    run = full_finetune.setup(
+        cfg, prepare_model=add_adapters, save_model=save_lora_model, restore_model=restore_adapter
+    )
     full_finetune.train(run)
 
 
 def add_adapters(model: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
     """Attach adapters to the loaded model and freeze everything else."""
     peft = cfg.peft
-    targets = list(peft.target_modules) if not isinstance(peft.target_modules, str) \
+    targets = (
+        list(peft.target_modules)
+        if not isinstance(peft.target_modules, str)
         else peft.target_modules
-    apply_lora(model, targets, rank=peft.rank, alpha=peft.alpha, dropout=peft.dropout,
-               use_dora=peft.use_dora, quantize_base=peft.quantize_base,
-               use_rslora=peft.use_rslora)
+    )
+    apply_lora(
+        model,
+        targets,
+        rank=peft.rank,
+        alpha=peft.alpha,
+        dropout=peft.dropout,
+        use_dora=peft.use_dora,
+        quantize_base=peft.quantize_base,
+        use_rslora=peft.use_rslora,
+    )
     mark_only_adapters_trainable(model)
     kind = ("Q" if peft.quantize_base else "") + ("DoRA" if peft.use_dora else "LoRA")
     log.info(f"{kind} adapters of rank {peft.rank} on {targets}")
@@ -82,14 +96,16 @@ def _key_map(run: Run):
 
 def save_lora_model(run: Run, directory: Path) -> None:
     """Merged weights as a HF model at the top of the checkpoint, the adapter in ``adapter/``."""
-    source = run.cfg.checkpointer.get("checkpoint_dir")
-    source_dir = training.resolve_checkpoint_dir(source) if source else None
-    save_pretrained(run.model, directory, source_dir=source_dir or run.cfg.tokenizer.get("path"),
-                    dtype=_adapter_dtype(run), state_dict=merged_state_dict(run.model),
-                    max_shard_size=run.cfg.checkpointer.max_shard_size)
-    save_peft_adapter(run.model, directory / ADAPTER_DIR,
-                      base_model_name_or_path=str(source_dir) if source_dir else None,
-                      key_map=_key_map(run))
+    full_finetune.save_hf_model(
+        run, directory, dtype=_adapter_dtype(run), state_dict=merged_state_dict(run.model)
+    )
+    base = run.cfg.checkpointer.get("checkpoint_dir")
+    save_peft_adapter(
+        run.model,
+        directory / ADAPTER_DIR,
+        base_model_name_or_path=str(full_finetune.source_dir(run.cfg)) if base else None,
+        key_map=_key_map(run),
+    )
 
 
 def restore_adapter(run: Run, directory: Path) -> None:

@@ -1,0 +1,35 @@
+"""Helpers that run the bundled tiny recipes in-process on small budgets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tt_recipes.config import prepare_config
+from tt_recipes.registry import load_recipe, resolve_config
+
+# Shrinks tiny/full to a few seconds of CPU: fewer samples, no validation, frequent logs.
+FAST_FULL = [
+    "dataset.n=640",
+    "batch_size=16",
+    "run_val_every_n_steps=null",
+    "~dataset_val",
+    "log_every_n_steps=1",
+    "save_every_n_steps=null",
+]
+
+
+def run_recipe(recipe: str, config: str, overrides: list[str]) -> None:
+    path, _ = resolve_config(config)
+    spec = load_recipe(recipe)
+    spec.main(prepare_config(spec.spec, path, overrides, source=config))
+
+
+def losses(log_dir: Path) -> dict[int, float]:
+    """step -> loss from a DiskLogger's metrics.jsonl (the last record of a step wins)."""
+    out = {}
+    for line in (log_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "loss" in record:
+            out[record["step"]] = record["loss"]
+    return out

@@ -1,0 +1,95 @@
+"""A run killed with SIGKILL after checkpoint k resumes mid-epoch with the losses of a run
+that was never interrupted (CPU, same seed, same data): optimizer, schedule, RNG and data
+position all come back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from recipe_testing import FAST_FULL, losses, run_recipe
+from tt_recipes.training import complete_step_dirs
+
+# Shuffled data and a warmup+cosine schedule: the data position and scheduler state matter.
+RESUMABLE = [
+    *FAST_FULL,
+    "save_every_n_steps=3",
+    "keep_last_n_checkpoints=2",
+    "dataset.n=1280",
+    "batch_size=8",
+    "max_steps_per_epoch=12",
+    "epochs=2",
+]
+
+
+def _start(output_dir: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TT_DEBUG": "1"}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tt_cli",
+            "run",
+            "full_finetune",
+            "--config",
+            "tiny/full",
+            f"output_dir={output_dir}",
+            *RESUMABLE,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _kill_after_checkpoint(proc: subprocess.Popen, output_dir: Path, step: int) -> None:
+    deadline = time.monotonic() + 240
+    while not (output_dir / f"step_{step}").is_dir():
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before step {step}: {proc.stderr.read().decode()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"no checkpoint step_{step} within 240 s")
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.timeout(600)
+def test_sigkill_then_resume_gives_the_uninterrupted_losses(tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    run_recipe("full_finetune", "tiny/full", [f"output_dir={reference}", *RESUMABLE])
+    expected = losses(reference / "logs")
+    assert sorted(expected) == list(range(1, 25))  # 2 epochs x 12 steps
+
+    killed = tmp_path / "killed"
+    proc = _start(killed)
+    _kill_after_checkpoint(proc, killed, step=15)  # mid-way through epoch 2
+    assert proc.returncode == -signal.SIGKILL
+    saved = [int(p.name.split("_")[1]) for p in complete_step_dirs(killed)]
+    assert 15 in saved and max(saved) < 24, f"unexpected checkpoints {saved}"
+
+    run_recipe(
+        "full_finetune",
+        "tiny/full",
+        [f"output_dir={killed}", *RESUMABLE, "resume_from_checkpoint=true"],
+    )
+    resumed = losses(killed / "logs")
+    assert sorted(resumed) == sorted(expected)
+    for step in expected:
+        assert resumed[step] == expected[step], f"step {step}: {resumed[step]} != {expected[step]}"
+    assert [p.name for p in complete_step_dirs(killed)][-1] == "step_24"
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="holds no complete step_N checkpoint"):
+        run_recipe(
+            "full_finetune",
+            "tiny/full",
+            [f"output_dir={tmp_path}", *FAST_FULL, "resume_from_checkpoint=true"],
+        )

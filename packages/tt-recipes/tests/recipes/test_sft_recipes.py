@@ -1,0 +1,177 @@
+"""full_finetune -> lora_finetune -> generate on the tiny default, end to end.
+
+Asserts that learning happened and that transformers / peft load what the recipes wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from recipe_testing import FAST_FULL, losses, run_recipe
+from safetensors.torch import load_file
+from tt_recipes import from_pretrained
+from tt_recipes.training import complete_step_dirs
+
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+
+def _logits_equal_transformers(step_dir: Path) -> None:
+    tokens = torch.randint(0, 456, (2, 12), generator=torch.Generator().manual_seed(0))
+    ours = from_pretrained(step_dir)(tokens)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(step_dir).eval()
+    with torch.no_grad():
+        theirs = hf(tokens).logits
+    torch.testing.assert_close(ours.detach(), theirs, atol=1e-4, rtol=0)
+
+
+def test_full_finetune_learns_and_writes_a_transformers_checkpoint(tiny_full_run: Path) -> None:
+    history = losses(tiny_full_run / "logs")
+    steps = sorted(history)
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) == 40
+    first, last = history[steps[0]], sum(history[s] for s in steps[-5:]) / 5
+    assert last < 0.4 * first, f"loss did not fall enough: {first:.3f} -> {last:.3f}"
+    (step_dir,) = complete_step_dirs(tiny_full_run)
+    assert step_dir.name == "step_40"
+    assert (step_dir / "training_state.pt").is_file()
+    assert (step_dir / "tokenizer.json").is_file(), "tokenizer files travel with the model"
+    _logits_equal_transformers(step_dir)
+
+
+def test_lora_finetune_from_the_full_run_saves_merged_model_and_peft_adapter(
+    tiny_full_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "lora"
+    run_recipe(
+        "lora_finetune",
+        "tiny/lora",
+        [
+            f"output_dir={out}",
+            f"checkpointer.checkpoint_dir={tiny_full_run}",
+            "dataset.n=320",
+            "batch_size=16",
+            "~dataset_val",
+            "run_val_every_n_steps=null",
+            "log_every_n_steps=1",
+            "save_every_n_steps=null",
+            "optimizer.lr=1e-2",
+        ],
+    )
+    history = losses(out / "logs")
+    assert history[max(history)] < history[1], "LoRA training did not lower the loss"
+    (step_dir,) = complete_step_dirs(out)
+    _logits_equal_transformers(step_dir)  # merged weights
+
+    # The PEFT adapter on the base model gives the merged model's logits.
+    base = transformers.AutoModelForCausalLM.from_pretrained(complete_step_dirs(tiny_full_run)[-1])
+    adapted = peft.PeftModel.from_pretrained(base, step_dir / "adapter").eval()
+    merged = transformers.AutoModelForCausalLM.from_pretrained(step_dir).eval()
+    tokens = torch.randint(0, 456, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(tokens).logits, merged(tokens).logits, atol=1e-4, rtol=0)
+    config = json.loads((step_dir / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 8 and sorted(config["target_modules"]) == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+def test_generate_streams_an_answer(tiny_full_run: Path, capsys: pytest.CaptureFixture) -> None:
+    run_recipe("generate", "tiny/generate", [f"checkpoint_dir={tiny_full_run}", "max_new_tokens=4"])
+    out = capsys.readouterr().out
+    assert "tokens/s" in out
+    assert "What is 12 + 7?" in out
+
+
+@pytest.mark.parametrize("qlora", [False, True], ids=["dora", "qdora"])
+def test_dora_and_qdora_train_and_save(tiny_full_run: Path, tmp_path: Path, qlora: bool) -> None:
+    out = tmp_path / "dora"
+    run_recipe(
+        "lora_finetune",
+        "tiny/lora",
+        [
+            f"output_dir={out}",
+            f"checkpointer.checkpoint_dir={tiny_full_run}",
+            "peft.use_dora=true",
+            f"peft.quantize_base={str(qlora).lower()}",
+            "dataset.n=96",
+            "batch_size=16",
+            "~dataset_val",
+            "run_val_every_n_steps=null",
+            "log_every_n_steps=1",
+            "save_every_n_steps=null",
+            "optimizer.lr=1e-2",
+        ],
+    )
+    history = losses(out / "logs")
+    assert len(history) == 6 and all(math.isfinite(v) for v in history.values())
+    (step_dir,) = complete_step_dirs(out)
+    adapter = load_file(step_dir / "adapter" / "adapter_model.safetensors")
+    lora_b = [t for k, t in adapter.items() if k.endswith("lora_B.weight")]
+    assert lora_b and all(t.abs().max() > 0 for t in lora_b), "the adapters did not train"
+    assert any(k.endswith("lora_magnitude_vector") for k in adapter)
+    _logits_equal_transformers(step_dir)
+    if not qlora:  # peft applies the adapter to the full-precision base: same as our merge
+        base = transformers.AutoModelForCausalLM.from_pretrained(
+            complete_step_dirs(tiny_full_run)[-1]
+        )
+        adapted = peft.PeftModel.from_pretrained(base, step_dir / "adapter").eval()
+        merged = transformers.AutoModelForCausalLM.from_pretrained(step_dir).eval()
+        tokens = torch.randint(0, 456, (2, 12), generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            torch.testing.assert_close(
+                adapted(tokens).logits, merged(tokens).logits, atol=1e-4, rtol=0
+            )
+
+
+def test_gradient_accumulation_matches_a_bigger_batch(tmp_path: Path) -> None:
+    """bs=4, ga=1 and bs=1, ga=4 see the same samples and give the same updates, because
+    the loss is normalised by the trained tokens of the whole optimizer step."""
+    common = [
+        *FAST_FULL,
+        "max_steps_per_epoch=3",
+        "optimizer._component_=torch.optim.SGD",
+        "~optimizer.weight_decay",
+        "optimizer.lr=0.5",
+        "clip_grad_norm=null",
+    ]
+    run_recipe(
+        "full_finetune",
+        "tiny/full",
+        [f"output_dir={tmp_path / 'a'}", *common, "batch_size=4", "gradient_accumulation_steps=1"],
+    )
+    run_recipe(
+        "full_finetune",
+        "tiny/full",
+        [f"output_dir={tmp_path / 'b'}", *common, "batch_size=1", "gradient_accumulation_steps=4"],
+    )
+    a, b = losses(tmp_path / "a" / "logs"), losses(tmp_path / "b" / "logs")
+    assert a.keys() == b.keys() == {1, 2, 3}
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=1e-5, abs=1e-6)
+    wa = from_pretrained(complete_step_dirs(tmp_path / "a")[-1]).state_dict()
+    wb = from_pretrained(complete_step_dirs(tmp_path / "b")[-1]).state_dict()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], atol=1e-5, rtol=1e-5)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(FloatingPointError, match=r"loss became (nan|inf) at step \d+"):
+        run_recipe(
+            "full_finetune",
+            "tiny/full",
+            [
+                f"output_dir={tmp_path}",
+                *FAST_FULL,
+                "save_every_n_steps=1",
+                "optimizer.lr=1e30",
+                "clip_grad_norm=null",
+                "lr_scheduler=null",
+            ],
+        )
+    kept = complete_step_dirs(tmp_path)
+    assert kept, "the checkpoints before the bad step must survive"
+    from_pretrained(kept[-1])  # loads: complete, not half-written
