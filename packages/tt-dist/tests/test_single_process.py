@@ -141,6 +141,25 @@ def test_checkpoint_roundtrip_restores_model_optimizer_and_extra(tmp_path):
     assert not (tmp_path / "ck.tmp").exists()
 
 
+def test_trainable_only_checkpoint_skips_frozen_weights_and_leaves_them_on_load(tmp_path):
+    model = tiny.make_model()
+    frozen = [n for n, _ in model.named_parameters()][:2]
+    for name, param in model.named_parameters():
+        param.requires_grad = name not in frozen
+    opt = tiny.make_optimizer([p for p in model.parameters() if p.requires_grad])
+    tiny.train(model, opt, range(2))
+    tt_dist.save_distributed_state(tmp_path / "ck", model, opt, trainable_only=True)
+    fresh = tiny.make_model(seed=9)
+    for name, param in fresh.named_parameters():
+        param.requires_grad = name not in frozen
+    before = {n: t.clone() for n, t in fresh.state_dict().items()}
+    fresh_opt = tiny.make_optimizer([p for p in fresh.parameters() if p.requires_grad])
+    tt_dist.load_distributed_state(tmp_path / "ck", fresh, fresh_opt, trainable_only=True)
+    for key, value in fresh.state_dict().items():
+        expected = before[key] if key in frozen else model.state_dict()[key]
+        assert torch.equal(value, expected), key
+
+
 def test_checkpoint_overwrite_replaces_previous(tmp_path):
     model, opt = trained(steps=1)
     tt_dist.save_distributed_state(tmp_path / "ck", model, opt, extra={"step": 1})

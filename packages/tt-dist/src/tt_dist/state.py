@@ -200,10 +200,17 @@ def _check_extra(value: Any, where: str = "extra") -> None:
         )
 
 
-def _training_state(model: nn.Module, optimizers: list) -> dict[str, Any]:
+def _state_options(trainable_only: bool) -> StateDictOptions:
+    # Frozen weights (a LoRA run's base model) come back from the original checkpoint, so a
+    # trainable_only checkpoint need not repeat them; loading then leaves them untouched.
+    return StateDictOptions(ignore_frozen_params=trainable_only, strict=not trainable_only)
+
+
+def _training_state(model: nn.Module, optimizers: list, trainable_only: bool) -> dict[str, Any]:
+    options = _state_options(trainable_only)
     if not optimizers:
-        return {"model": get_model_state_dict(model)}
-    model_sd, optim_sd = get_state_dict(model, optimizers)
+        return {"model": get_model_state_dict(model, options=options)}
+    model_sd, optim_sd = get_state_dict(model, optimizers, options=options)
     return {"model": model_sd, "optim": optim_sd}
 
 
@@ -222,12 +229,15 @@ def save_distributed_state(
     model: nn.Module,
     optimizer=None,
     extra: Mapping[str, Any] | None = None,
+    *,
+    trainable_only: bool = False,
 ) -> None:
     """Write model + optimizer state (sharded, via DCP) and ``extra`` (step, epoch, ...).
 
     All ranks call it. Files go to ``<dir>.tmp`` and are renamed into place once every rank
     has finished, so an interrupted save never replaces a good checkpoint. ``optimizer`` is
-    an Optimizer, a list of them, or an ``OptimizerInBackward``.
+    an Optimizer, a list of them, or an ``OptimizerInBackward``. ``trainable_only`` leaves
+    out parameters with ``requires_grad=False`` (pass the same flag when loading).
     """
     final = Path(checkpoint_dir)
     _check_extra(dict(extra or {}))
@@ -235,7 +245,8 @@ def save_distributed_state(
     if is_rank_zero():
         shutil.rmtree(tmp, ignore_errors=True)
     _barrier()
-    dcp.save(_training_state(model, _optimizer_list(optimizer)), checkpoint_id=str(tmp))
+    state = _training_state(model, _optimizer_list(optimizer), trainable_only)
+    dcp.save(state, checkpoint_id=str(tmp))
     if is_rank_zero():
         torch.save(dict(extra or {}), tmp / EXTRA_FILE)
         _replace_dir(tmp, final)
@@ -247,7 +258,11 @@ def _saved_keys(path: Path) -> set[str]:
 
 
 def load_distributed_state(
-    checkpoint_dir: str | os.PathLike, model: nn.Module, optimizer=None
+    checkpoint_dir: str | os.PathLike,
+    model: nn.Module,
+    optimizer=None,
+    *,
+    trainable_only: bool = False,
 ) -> dict[str, Any]:
     """Load what ``save_distributed_state`` wrote into ``model`` (and ``optimizer``).
 
@@ -266,12 +281,17 @@ def load_distributed_state(
             f"checkpoint {str(path)!r} holds no optimizer state but an optimizer was given; "
             "load with optimizer=None to restore the model only"
         )
-    state = _training_state(model, optimizers)
+    state = _training_state(model, optimizers, trainable_only)
     dcp.load(state, checkpoint_id=str(path))
+    options = _state_options(trainable_only)
     if optimizers:
         set_state_dict(
-            model, optimizers, model_state_dict=state["model"], optim_state_dict=state["optim"]
+            model,
+            optimizers,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optim"],
+            options=options,
         )
     else:
-        set_model_state_dict(model, state["model"])
+        set_model_state_dict(model, state["model"], options=options)
     return torch.load(path / EXTRA_FILE, weights_only=True, map_location="cpu")
