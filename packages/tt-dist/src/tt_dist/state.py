@@ -7,8 +7,10 @@ loads into M processes (M != N is fine; 1 means no process group at all).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -246,11 +248,20 @@ def save_distributed_state(
         shutil.rmtree(tmp, ignore_errors=True)
     _barrier()
     state = _training_state(model, _optimizer_list(optimizer), trainable_only)
-    dcp.save(state, checkpoint_id=str(tmp))
+    with _single_process_is_intended():
+        dcp.save(state, checkpoint_id=str(tmp))
     if is_rank_zero():
         torch.save(dict(extra or {}), tmp / EXTRA_FILE)
         _replace_dir(tmp, final)
     _barrier()
+
+
+@contextlib.contextmanager
+def _single_process_is_intended():
+    # Without a process group DCP warns that it "assumes" one process: here that is the plan.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def _saved_keys(path: Path) -> set[str]:
@@ -282,7 +293,8 @@ def load_distributed_state(
             "load with optimizer=None to restore the model only"
         )
     state = _training_state(model, optimizers, trainable_only)
-    dcp.load(state, checkpoint_id=str(path))
+    with _single_process_is_intended():
+        dcp.load(state, checkpoint_id=str(path))
     options = _state_options(trainable_only)
     if optimizers:
         set_state_dict(

@@ -45,6 +45,25 @@ CONFIGS: dict[str, str] = {
     "tiny/full": "full_finetune",
     "tiny/lora": "lora_finetune",
     "tiny/generate": "generate",
+    # Real models: weights from `tt download <repo>` (each file's header names the repo).
+    "llama3_2/1B_full": "full_finetune",
+    "llama3_2/1B_lora": "lora_finetune",
+    "llama3_2/1B_qlora": "lora_finetune",
+    "llama3_1/8B_lora": "lora_finetune",
+    "qwen2_5/0.5B_full": "full_finetune",
+    "qwen2_5/0.5B_lora": "lora_finetune",
+    "qwen3/0.6B_full": "full_finetune",
+    "qwen3/0.6B_lora": "lora_finetune",
+    "mistral/7B_full": "full_finetune",
+    "mistral/7B_lora": "lora_finetune",
+    "gemma/2B_full": "full_finetune",
+    "gemma/2B_lora": "lora_finetune",
+    "gemma2/2B_full": "full_finetune",
+    "gemma2/2B_lora": "lora_finetune",
+    "phi3/mini_full": "full_finetune",
+    "phi3/mini_lora": "lora_finetune",
+    "smollm2/135M_full": "full_finetune",
+    "smollm2/135M_lora": "lora_finetune",
 }
 
 CONFIG_DIR = Path(__file__).parent / "configs"

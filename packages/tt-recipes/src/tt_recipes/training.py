@@ -27,27 +27,12 @@ from tt_recipes.sampling import ResumableSampler
 log = logging.getLogger("tt")
 
 STEP_DIR_PREFIX = "step_"
-TRAINING_STATE_FILE = "training_state.pt"
 
 
 def setup_logging() -> None:
     """Human-readable log lines on rank 0 only (other ranks log warnings and errors)."""
     level = logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout, force=True)
-
-
-def get_device(name: str | None) -> torch.device:
-    """``"auto"``/None -> cuda when available (this process's local rank), else cpu."""
-    if name in (None, "auto"):
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device: 'cuda' was requested but no CUDA device is available")
-        if device.index is None:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    return device
 
 
 def get_dtype(name: str | None, device: torch.device) -> torch.dtype:
@@ -232,21 +217,57 @@ def check_finite(loss: float, step: int, output_dir: str | Path) -> None:
         )
 
 
-def load_model_weights(model: torch.nn.Module, checkpoint_dir: str | Path) -> None:
-    """Copy the weights of a HF directory written by tt into an existing model (resume)."""
-    from tt_ckpt import load_hf_checkpoint
-
-    _, state_dict = load_hf_checkpoint(checkpoint_dir)
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint {checkpoint_dir} does not fit the model: missing {missing[:8]}, "
-            f"unexpected {unexpected[:8]}"
-        )
-
-
 def is_rank_zero() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Several processes
+
+
+def shard(model: torch.nn.Module, cfg: Any) -> None:
+    """FSDP2 per transformer block, with the run's fsdp_* settings."""
+    import tt_dist
+    from tt_models import TransformerSelfAttentionLayer
+
+    if any(getattr(module, "is_quantized", False) for module in model.modules()):
+        raise ValueError(
+            "peft.quantize_base (QLoRA) cannot be sharded across processes yet: torchao's NF4 "
+            "tensors do not support FSDP2's DTensor operations. Run QLoRA in one process."
+        )
+    tt_dist.shard_model(
+        model,
+        block_classes=[TransformerSelfAttentionLayer],
+        reshard_after_forward=cfg.fsdp_reshard_after_forward,
+        cpu_offload=cfg.fsdp_cpu_offload,
+        custom_sharded_layers=cfg.custom_sharded_layers,
+    )
+
+
+def sum_over_ranks(value: float) -> float:
+    """Sum a number over all processes (the number itself in a single process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    tensor = torch.tensor(float(value), dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor)
+    return float(tensor.item())
+
+
+def full_value(tensor: torch.Tensor) -> float:
+    """A scalar that may be a sharded DTensor (e.g. FSDP's total grad norm) as a float."""
+    full = getattr(tensor, "full_tensor", None)
+    return float(full() if full is not None else tensor)
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -11,6 +11,7 @@ from tt_recipes.registry import load_recipe, resolve_config
 # Shrinks tiny/full to a few seconds of CPU: fewer samples, no validation, frequent logs.
 FAST_FULL = [
     "dataset.n=640",
+    "epochs=1",
     "batch_size=16",
     "run_val_every_n_steps=null",
     "~dataset_val",

@@ -37,7 +37,7 @@ def test_full_finetune_learns_and_writes_a_transformers_checkpoint(tiny_full_run
     assert last < 0.4 * first, f"loss did not fall enough: {first:.3f} -> {last:.3f}"
     (step_dir,) = complete_step_dirs(tiny_full_run)
     assert step_dir.name == "step_40"
-    assert (step_dir / "training_state.pt").is_file()
+    assert (step_dir / "training_state" / ".metadata").is_file()
     assert (step_dir / "tokenizer.json").is_file(), "tokenizer files travel with the model"
     _logits_equal_transformers(step_dir)
 

@@ -1,15 +1,20 @@
-"""Full-parameter fine-tuning of a decoder on one device (multi-process support: tt-dist).
+"""Full-parameter fine-tuning of a decoder, on one device or on N processes (FSDP2).
 
 Read top to bottom: ``recipe_main`` sets up the run, ``train`` is the loop. ``lora_finetune``
-reuses this loop with adapters attached; only model preparation and saving differ.
+reuses this loop with adapters attached; only model preparation and saving differ. The same
+code runs in one process and under torchrun: with a process group the model is sharded per
+transformer block, each rank reads its share of every batch, and the loss is normalised by the
+trained tokens of all ranks, so N processes x batch b follow 1 process x batch N*b.
 
     tt run full_finetune --config tiny/full
+    tt run --nproc_per_node 2 full_finetune --config tiny/full batch_size=16
     tt run full_finetune --config llama3_2/1B_full checkpointer.checkpoint_dir=ckpts/Llama-3.2-1B
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import tt_dist
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
-from tt_ckpt import atomic_directory, load_training_state, save_training_state
+from tt_ckpt import atomic_directory
 
 from tt_recipes import training
 from tt_recipes.config import ConfigKey, RecipeSpec, instantiate
@@ -28,6 +34,8 @@ from tt_recipes.losses import IGNORE_INDEX, shift_labels
 from tt_recipes.pretrained import save_pretrained
 
 log = logging.getLogger("tt")
+
+TRAINING_STATE_DIR = "training_state"
 
 # Keys shared by every supervised fine-tuning recipe (lora_finetune adds ``peft``).
 SFT_KEYS: dict[str, ConfigKey] = {
@@ -78,11 +86,22 @@ SFT_KEYS: dict[str, ConfigKey] = {
     "metric_logger": ConfigKey(component=True, doc="defaults to stdout"),
     "log_every_n_steps": ConfigKey(int, default=1),
     "log_peak_memory_stats": ConfigKey(bool, default=True),
+    # Multi-process (torchrun) settings; ignored in a single process.
+    "fsdp_reshard_after_forward": ConfigKey(
+        bool, default=True, doc="free gathered block weights after forward (less memory)"
+    ),
+    "fsdp_cpu_offload": ConfigKey(bool, default=False, doc="params/grads/optimizer in CPU RAM"),
+    "custom_sharded_layers": ConfigKey(
+        list | None, default=None, doc="extra modules to shard on their own, e.g. [output]"
+    ),
+    "enable_activation_offloading": ConfigKey(
+        bool, default=False, doc="keep saved activations in CPU RAM (CUDA)"
+    ),
 }
 
 SPEC = RecipeSpec(
     name="full_finetune",
-    description="Full-parameter supervised fine-tuning (one device; checkpoints resume exactly).",
+    description="Full-parameter supervised fine-tuning on 1..N processes; exact resume.",
     keys=SFT_KEYS,
 )
 
@@ -101,61 +120,76 @@ class Run:
     sampler: Any
     val_loader: Any
     logger: Any
-    device: torch.device
+    dist: tt_dist.DistInfo
     steps_per_epoch: int
     total_steps: int
-    # How the model is written into a checkpoint directory and read back on resume.
-    save_model: Callable[[Run, Path], None]
-    restore_model: Callable[[Run, Path], None]
+    # Writes the model into a checkpoint directory (rank 0), given the gathered full state
+    # dict when the model is sharded (None in a single process).
+    save_model: Callable[[Run, Path, dict | None], None]
+    # True when only trainable parameters go into the resumable state (adapters).
+    trainable_state_only: bool = False
     step: int = 0
     history: list[float] = field(default_factory=list)
 
 
 def recipe_main(cfg: DictConfig) -> None:
-    run = setup(
-        cfg,
-        prepare_model=lambda model, cfg: model,
-        save_model=save_full_model,
-        restore_model=restore_full_model,
-    )
-    train(run)
+    try:
+        run = setup(cfg, prepare_model=lambda model, cfg: model, save_model=save_full_model)
+        train(run)
+    finally:
+        tt_dist.destroy_distributed()
 
 
 def setup(
     cfg: DictConfig,
     *,
     prepare_model: Callable[[torch.nn.Module, DictConfig], torch.nn.Module],
-    save_model: Callable[[Run, Path], None],
-    restore_model: Callable[[Run, Path], None],
+    save_model: Callable[[Run, Path, dict | None], None],
+    trainable_state_only: bool = False,
 ) -> Run:
-    """Device, model (+ ``prepare_model``), data, optimizer, schedule, loss, logger, resume."""
+    """Processes, model (+ ``prepare_model``), data, optimizer, schedule, loss, logger, resume."""
     training.setup_logging()
-    torch.manual_seed(cfg.seed)
-    device = training.get_device(cfg.device)
+    dist = tt_dist.init_distributed(device=cfg.device)
+    torch.manual_seed(cfg.seed)  # same seed on every rank: identical random init everywhere
+    device = dist.device
     dtype = training.get_dtype(cfg.dtype, device)
 
     model = prepare_model(training.build_model(cfg, device, dtype), cfg)
+    trainable, total = training.count_parameters(model)
     if cfg.enable_activation_checkpointing:
         training.enable_activation_checkpointing(model)
+    if dist.is_distributed:
+        training.shard(model, cfg)
     if cfg.compile:
         training.compile_blocks(model)
-    trainable, total = training.count_parameters(model)
+    where = f"{dist.world_size} processes ({dist.backend})" if dist.is_distributed else device
     log.info(
         f"Model: {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M trainable, "
-        f"{dtype}, on {device}"
+        f"{dtype}, on {where}"
     )
 
     tokenizer = instantiate(cfg.tokenizer)
     collate = partial(_collate, pad_id=tokenizer.pad_id)
     dataset = training.build_dataset(cfg.dataset, tokenizer)
+    shard = {"rank": dist.rank, "world_size": dist.world_size}
     loader, sampler = training.build_dataloader(
-        dataset, batch_size=cfg.batch_size, collate_fn=collate, seed=cfg.seed, shuffle=cfg.shuffle
+        dataset,
+        batch_size=cfg.batch_size,
+        collate_fn=collate,
+        seed=cfg.seed,
+        shuffle=cfg.shuffle,
+        **shard,
     )
     val_loader = None
     if cfg.get("dataset_val") is not None:
         val_set = training.build_dataset(cfg.dataset_val, tokenizer)
         val_loader, _ = training.build_dataloader(
-            val_set, batch_size=cfg.batch_size, collate_fn=collate, seed=cfg.seed, shuffle=False
+            val_set,
+            batch_size=cfg.batch_size,
+            collate_fn=collate,
+            seed=cfg.seed,
+            shuffle=False,
+            **shard,
         )
 
     steps_per_epoch = len(loader) // cfg.gradient_accumulation_steps
@@ -193,18 +227,18 @@ def setup(
         sampler=sampler,
         val_loader=val_loader,
         logger=logger,
-        device=device,
+        dist=dist,
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         save_model=save_model,
-        restore_model=restore_model,
+        trainable_state_only=trainable_state_only,
     )
     if cfg.resume_from_checkpoint:
         resume(run)
     log.info(
         f"Training: {cfg.epochs} epoch(s) x {steps_per_epoch} steps, "
         f"{len(dataset)} samples, batch {cfg.batch_size} x {cfg.gradient_accumulation_steps}"
-        f" accumulation"
+        f" accumulation x {dist.world_size} process(es)"
     )
     return run
 
@@ -258,11 +292,13 @@ def optimizer_step(
     """Forward/backward every micro-batch, then one optimizer step.
 
     Each micro-batch's summed loss is divided by the trained tokens of ALL micro-batches of
-    the step, so the gradient is the mean over tokens however the batch is split.
-    Returns (mean loss per trained token, tokens processed, grad norm or None).
+    the step on ALL ranks, so the gradient is the mean over tokens however the batch is split
+    (FSDP averages gradients over ranks, hence the ``world_size`` factor).
+    Returns (mean loss per trained token, tokens processed, grad norm or None), all global.
     """
-    model, cfg = run.model, run.cfg
-    trained = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
+    model, cfg, world = run.model, run.cfg, run.dist.world_size
+    local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
+    trained = int(training.sum_over_ranks(local))
     if trained == 0:
         raise ValueError(
             f"step {run.step + 1}: no trained tokens in the batch (all labels "
@@ -270,26 +306,31 @@ def optimizer_step(
         )
     total_loss = 0.0
     for batch in micro_batches:
-        batch = {k: v.to(run.device) for k, v in batch.items()}
-        hidden = model(
-            batch["tokens"],
-            mask=batch.get("mask"),
-            input_pos=batch.get("input_pos"),
-            return_hidden=True,
-        )
-        loss_sum = run.loss_fn(hidden, model.logits_from_hidden, shift_labels(batch["labels"]))
-        (loss_sum / trained).backward()
+        batch = {k: v.to(run.dist.device) for k, v in batch.items()}
+        with tt_dist.activation_offloading(cfg.enable_activation_offloading, run.dist.device):
+            hidden = model(
+                batch["tokens"],
+                mask=batch.get("mask"),
+                input_pos=batch.get("input_pos"),
+                return_hidden=True,
+            )
+            loss_sum = run.loss_fn(hidden, model.logits_from_hidden, shift_labels(batch["labels"]))
+        (loss_sum * (world / trained)).backward()
         total_loss += loss_sum.item()
     grad_norm = None
     if cfg.clip_grad_norm is not None:
         params = [p for p in model.parameters() if p.requires_grad]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm))
+        grad_norm = training.full_value(torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm))
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     if run.scheduler is not None:
         run.scheduler.step()
     tokens = sum(int(b["tokens"].numel()) for b in micro_batches)
-    return total_loss / trained, tokens, grad_norm
+    return (
+        training.sum_over_ranks(total_loss) / trained,
+        int(training.sum_over_ranks(tokens)),
+        grad_norm,
+    )
 
 
 @torch.no_grad()
@@ -298,7 +339,7 @@ def validate(run: Run) -> float:
     run.model.eval()
     total, count = 0.0, 0
     for batch in run.val_loader:
-        batch = {k: v.to(run.device) for k, v in batch.items()}
+        batch = {k: v.to(run.dist.device) for k, v in batch.items()}
         hidden = run.model(
             batch["tokens"],
             mask=batch.get("mask"),
@@ -309,7 +350,7 @@ def validate(run: Run) -> float:
         total += run.loss_fn(hidden, run.model.logits_from_hidden, targets).item()
         count += int((targets != IGNORE_INDEX).sum())
     run.model.train()
-    return total / max(count, 1)
+    return training.sum_over_ranks(total) / max(training.sum_over_ranks(count), 1)
 
 
 def log_metrics(run: Run, loss: float, grad_norm: float | None, tokens_per_s: float) -> None:
@@ -321,35 +362,49 @@ def log_metrics(run: Run, loss: float, grad_norm: float | None, tokens_per_s: fl
     if grad_norm is not None:
         metrics["grad_norm"] = grad_norm
     if run.cfg.log_peak_memory_stats:
-        metrics["peak_memory_gib"] = training.peak_memory_gib(run.device)
+        metrics["peak_memory_gib"] = training.peak_memory_gib(run.dist.device)
     run.logger.log_dict(metrics, step=run.step)
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints: output_dir/step_N/ = HF model files + training_state.pt (+ adapter/ for LoRA),
-# written to a hidden temporary directory and renamed into place when complete.
+# Checkpoints: output_dir/step_N/ = HF model files (+ adapter/ for LoRA) + training_state/
+# (a torch.distributed.checkpoint of model/optimizer shards, so a run resumes on any number of
+# processes, plus step, schedule, RNG and loss history). Everything is written under hidden
+# names and renamed into place when complete.
 
 
 def save_checkpoint(run: Run) -> Path:
-    out_root = run.cfg.checkpointer.get("output_dir") or run.cfg.output_dir
+    """All ranks call this: they write their shards, rank 0 writes the HF files."""
+    out_root = Path(run.cfg.checkpointer.get("output_dir") or run.cfg.output_dir)
     final = training.step_dir(out_root, run.step)
-    with atomic_directory(final) as tmp:
-        run.save_model(run, tmp)
-        state = {
-            "step": run.step,
-            "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
-            "rng": training.rng_state(),
-            "loss_history": run.history,
-        }
-        save_training_state(tmp / training.TRAINING_STATE_FILE, state)
-    log.info(f"Saved checkpoint {final}")
-    training.prune_checkpoints(out_root, run.cfg.keep_last_n_checkpoints)
+    full_sd = tt_dist.gather_full_state_dict(run.model) if run.dist.is_distributed else None
+    staged_state = out_root / f".{final.name}.state"
+    extra = {
+        "step": run.step,
+        "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+        "rng": training.rng_state(),
+        "loss_history": run.history,
+        "global_batch_size": global_batch_size(run),
+    }
+    tt_dist.save_distributed_state(
+        staged_state, run.model, run.optimizer, extra, trainable_only=run.trainable_state_only
+    )
+    if run.dist.rank == 0:
+        with atomic_directory(final) as tmp:
+            run.save_model(run, tmp, full_sd)
+            os.replace(staged_state, tmp / TRAINING_STATE_DIR)
+        log.info(f"Saved checkpoint {final}")
+        training.prune_checkpoints(out_root, run.cfg.keep_last_n_checkpoints)
+    training.barrier()
     return final
 
 
-def save_full_model(run: Run, directory: Path) -> None:
-    save_hf_model(run, directory)
+def global_batch_size(run: Run) -> int:
+    return run.cfg.batch_size * run.cfg.gradient_accumulation_steps * run.dist.world_size
+
+
+def save_full_model(run: Run, directory: Path, full_sd: dict | None) -> None:
+    save_hf_model(run, directory, state_dict=full_sd)
 
 
 def save_hf_model(run: Run, directory: Path, **kwargs: Any) -> None:
@@ -372,12 +427,9 @@ def source_dir(cfg: DictConfig) -> Path | str | None:
     return cfg.tokenizer.get("path")
 
 
-def restore_full_model(run: Run, directory: Path) -> None:
-    training.load_model_weights(run.model, directory)
-
-
 def resume(run: Run) -> None:
-    """Restore optimizer, schedule, RNG, data position and step from the latest checkpoint."""
+    """Restore weights, optimizer, schedule, RNG, data position and step from the latest
+    checkpoint (written by any number of processes: the shards are redistributed)."""
     out_root = run.cfg.checkpointer.get("output_dir") or run.cfg.output_dir
     training.remove_unfinished_saves(out_root)
     latest = training.latest_step_dir(out_root)
@@ -386,14 +438,24 @@ def resume(run: Run) -> None:
             f"resume_from_checkpoint=True but {out_root} holds no complete step_N checkpoint; "
             "start without resume_from_checkpoint or point output_dir at the earlier run"
         )
-    state = load_training_state(latest / training.TRAINING_STATE_FILE)
-    run.restore_model(run, latest)
-    run.optimizer.load_state_dict(state["optimizer"])
-    if run.scheduler is not None and state["scheduler"] is not None:
-        run.scheduler.load_state_dict(state["scheduler"])
-    training.set_rng_state(state["rng"])
-    run.step = state["step"]
-    run.history = list(state.get("loss_history", []))
+    extra = tt_dist.load_distributed_state(
+        latest / TRAINING_STATE_DIR,
+        run.model,
+        run.optimizer,
+        trainable_only=run.trainable_state_only,
+    )
+    if extra["global_batch_size"] != global_batch_size(run):
+        raise ValueError(
+            f"{latest} was trained with a global batch of {extra['global_batch_size']} samples "
+            f"per step; this run has {global_batch_size(run)} (batch_size x "
+            "gradient_accumulation_steps x processes). Keep the global batch the same to resume "
+            "exactly, e.g. batch_size=4 on 2 processes -> batch_size=8 on 1."
+        )
+    if run.scheduler is not None and extra["scheduler"] is not None:
+        run.scheduler.load_state_dict(extra["scheduler"])
+    training.set_rng_state(extra["rng"])
+    run.step = extra["step"]
+    run.history = list(extra["loss_history"])
     log.info(f"Resumed from {latest} at step {run.step}")
 
 

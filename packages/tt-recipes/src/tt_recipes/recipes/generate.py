@@ -11,6 +11,7 @@ import sys
 import time
 
 import torch
+import tt_dist
 from omegaconf import DictConfig, OmegaConf
 from tt_data import Message
 from tt_models import generate_stream
@@ -46,7 +47,7 @@ SPEC = RecipeSpec(
 
 def recipe_main(cfg: DictConfig) -> None:
     training.setup_logging()
-    device = training.get_device(cfg.device)
+    device = tt_dist.get_device(cfg.device)
     model = from_pretrained(
         training.resolve_checkpoint_dir(cfg.checkpoint_dir), dtype=cfg.dtype, device=device
     )

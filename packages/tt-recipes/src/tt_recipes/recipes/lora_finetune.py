@@ -15,9 +15,11 @@ import logging
 from pathlib import Path
 
 import torch
+import tt_dist
 from omegaconf import DictConfig
 from tt_ckpt import tt_module_to_hf
-from tt_peft import apply_lora, load_adapter, mark_only_adapters_trainable, merged_state_dict
+from tt_models import build_model
+from tt_peft import apply_lora, mark_only_adapters_trainable, merged_state_dict
 from tt_peft import save_adapter as save_peft_adapter
 
 from tt_recipes.config import ConfigKey, RecipeSpec
@@ -53,10 +55,16 @@ SPEC = RecipeSpec(
 
 
 def recipe_main(cfg: DictConfig) -> None:
-    run = full_finetune.setup(
-        cfg, prepare_model=add_adapters, save_model=save_lora_model, restore_model=restore_adapter
-    )
-    full_finetune.train(run)
+    try:
+        run = full_finetune.setup(
+            cfg,
+            prepare_model=add_adapters,
+            save_model=save_lora_model,
+            trainable_state_only=True,  # the frozen base comes back from checkpoint_dir
+        )
+        full_finetune.train(run)
+    finally:
+        tt_dist.destroy_distributed()
 
 
 def add_adapters(model: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
@@ -94,24 +102,31 @@ def _key_map(run: Run):
     return lambda name: tt_module_to_hf(name, family)
 
 
-def save_lora_model(run: Run, directory: Path) -> None:
-    """Merged weights as a HF model at the top of the checkpoint, the adapter in ``adapter/``."""
+def save_lora_model(run: Run, directory: Path, full_sd: dict | None) -> None:
+    """Merged weights as a HF model at the top of the checkpoint, the adapter in ``adapter/``.
+
+    When the model is sharded, rank 0 rebuilds an unsharded copy from the gathered state dict
+    (on the meta device first, so only the gathered tensors take memory) and saves that.
+    """
+    model = run.model if full_sd is None else _unsharded_copy(run, full_sd)
     full_finetune.save_hf_model(
-        run, directory, dtype=_adapter_dtype(run), state_dict=merged_state_dict(run.model)
+        run, directory, dtype=_adapter_dtype(model), state_dict=merged_state_dict(model)
     )
     base = run.cfg.checkpointer.get("checkpoint_dir")
     save_peft_adapter(
-        run.model,
+        model,
         directory / ADAPTER_DIR,
         base_model_name_or_path=str(full_finetune.source_dir(run.cfg)) if base else None,
         key_map=_key_map(run),
     )
 
 
-def restore_adapter(run: Run, directory: Path) -> None:
-    """On resume the base weights come from checkpoint_dir as before; the adapter from step_N."""
-    load_adapter(run.model, directory / ADAPTER_DIR, key_map=_key_map(run))
+def _unsharded_copy(run: Run, full_sd: dict) -> torch.nn.Module:
+    copy = build_model(run.model.config, device="meta")
+    add_adapters(copy, run.cfg)
+    copy.load_state_dict(full_sd, assign=True)
+    return copy
 
 
-def _adapter_dtype(run: Run) -> torch.dtype:
-    return next(p for p in run.model.parameters() if p.requires_grad).dtype
+def _adapter_dtype(model: torch.nn.Module) -> torch.dtype:
+    return next(p for p in model.parameters() if p.requires_grad).dtype
