@@ -75,10 +75,16 @@ def _target_modules(model: nn.Module, hf_names: list[str], key_map: KeyMap) -> l
     # Plain Linears outside the adapters (an adapter's own lora_a/lora_b have no HF name).
     inside = tuple(f"{name}." for name in adapter_layers(model))
     plain = [n for n in linear_module_names(model) if not n.startswith(inside)]
-    unadapted = [key_map(n).rsplit(".", 1)[-1] for n in plain]
+    exact = "(?:" + "|".join(re.escape(name) for name in hf_names) + ")"
+    try:
+        unadapted = [key_map(n).rsplit(".", 1)[-1] for n in plain]
+    except Exception:
+        # key_map cannot name some unadapted module (e.g. Phi-3's q_proj lives inside the
+        # fused HF qkv_proj): leaf names cannot be proven unambiguous, so be exact.
+        return exact
     if not set(unadapted) & set(leaves):
         return leaves
-    return "(?:" + "|".join(re.escape(name) for name in hf_names) + ")"
+    return exact
 
 
 def _adapter_config(

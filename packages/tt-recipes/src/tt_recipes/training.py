@@ -242,6 +242,11 @@ def shard(model: torch.nn.Module, cfg: Any) -> None:
         cpu_offload=cfg.fsdp_cpu_offload,
         custom_sharded_layers=cfg.custom_sharded_layers,
     )
+    # The chunked loss projects hidden states outside forward(); FSDP must gather the output
+    # (or tied embedding) weight for that call too.
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    register_fsdp_forward_method(model, "logits_from_hidden")
 
 
 def sum_over_ranks(value: float) -> float:

@@ -1,0 +1,148 @@
+"""The recipes under torchrun on CPU (gloo): 2 processes x batch b follow 1 process x batch 2b,
+and a distributed checkpoint resumes on a different number of processes.
+
+Tolerance: the runs differ only in the order of fp32 sums (each rank reduces its own tokens,
+then gradients are averaged across ranks), which moves losses by ~1e-7 relative per step;
+1e-5 leaves room for AdamW amplifying that over a few steps without hiding a real mismatch
+(a wrong normalisation or a skipped sample changes the loss by > 1e-3).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from recipe_testing import FAST_FULL, losses, run_recipe
+from tt_recipes import from_pretrained
+from tt_recipes.training import complete_step_dirs
+
+SHORT = [*FAST_FULL, "max_steps_per_epoch=6", "save_every_n_steps=3"]
+LORA = [
+    "dataset.n=640",
+    "epochs=1",
+    "~dataset_val",
+    "run_val_every_n_steps=null",
+    "log_every_n_steps=1",
+    "save_every_n_steps=3",
+    "max_steps_per_epoch=6",
+    "optimizer.lr=1e-2",
+]
+REL = 1e-5
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(nproc: int, recipe: str, config: str, overrides: list[str]) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TT_DEBUG": "1"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tt_cli",
+            "run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            str(free_port()),
+            recipe,
+            "--config",
+            config,
+            *overrides,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def assert_same_losses(a: dict[int, float], b: dict[int, float]) -> None:
+    assert a.keys() == b.keys()
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=REL), f"step {step}: {a[step]} vs {b[step]}"
+
+
+@pytest.mark.timeout(600)
+def test_two_processes_match_one_with_the_whole_batch_and_resume_on_one(tmp_path: Path) -> None:
+    two, one = tmp_path / "two", tmp_path / "one"
+    torchrun(2, "full_finetune", "tiny/full", [f"output_dir={two}", *SHORT, "batch_size=8"])
+    run_recipe("full_finetune", "tiny/full", [f"output_dir={one}", *SHORT, "batch_size=16"])
+    assert_same_losses(losses(two / "logs"), losses(one / "logs"))
+    # The HF checkpoint written from the gathered shards equals the single-process one.
+    a = from_pretrained(complete_step_dirs(two)[-1]).state_dict()
+    b = from_pretrained(complete_step_dirs(one)[-1]).state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+
+    # Resume the 2-process run's step 3 in ONE process (same global batch: 16).
+    shutil.rmtree(two / "step_6")
+    (two / "logs" / "metrics.jsonl").unlink()
+    run_recipe(
+        "full_finetune",
+        "tiny/full",
+        [f"output_dir={two}", *SHORT, "batch_size=16", "resume_from_checkpoint=true"],
+    )
+    resumed = losses(two / "logs")
+    assert sorted(resumed) == [4, 5, 6]
+    assert_same_losses(resumed, {s: v for s, v in losses(one / "logs").items() if s > 3})
+
+
+@pytest.mark.timeout(600)
+def test_one_process_checkpoint_resumes_on_two(tmp_path: Path) -> None:
+    one = tmp_path / "one"
+    run_recipe("full_finetune", "tiny/full", [f"output_dir={one}", *SHORT, "batch_size=16"])
+    expected = losses(one / "logs")
+    shutil.rmtree(one / "step_6")
+    (one / "logs" / "metrics.jsonl").unlink()
+    torchrun(
+        2,
+        "full_finetune",
+        "tiny/full",
+        [f"output_dir={one}", *SHORT, "batch_size=8", "resume_from_checkpoint=true"],
+    )
+    assert_same_losses(losses(one / "logs"), {s: v for s, v in expected.items() if s > 3})
+
+
+@pytest.mark.timeout(600)
+def test_lora_on_two_processes_matches_one_and_saves_a_peft_adapter(
+    tiny_full_run: Path, tmp_path: Path
+) -> None:
+    two, one = tmp_path / "two", tmp_path / "one"
+    common = [f"checkpointer.checkpoint_dir={tiny_full_run}", *LORA]
+    torchrun(2, "lora_finetune", "tiny/lora", [f"output_dir={two}", *common, "batch_size=8"])
+    run_recipe("lora_finetune", "tiny/lora", [f"output_dir={one}", *common, "batch_size=16"])
+    assert_same_losses(losses(two / "logs"), losses(one / "logs"))
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    step_dir = complete_step_dirs(two)[-1]
+    base = transformers.AutoModelForCausalLM.from_pretrained(complete_step_dirs(tiny_full_run)[-1])
+    adapted = peft.PeftModel.from_pretrained(base, step_dir / "adapter").eval()
+    merged = transformers.AutoModelForCausalLM.from_pretrained(step_dir).eval()
+    tokens = torch.randint(0, 456, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(tokens).logits, merged(tokens).logits, atol=1e-4, rtol=0)
+
+
+def test_resume_with_a_different_global_batch_is_refused(tmp_path: Path) -> None:
+    run_recipe(
+        "full_finetune",
+        "tiny/full",
+        [f"output_dir={tmp_path}", *SHORT, "batch_size=16", "max_steps_per_epoch=3"],
+    )
+    with pytest.raises(ValueError, match="global batch of 16 samples per step; this run has 8"):
+        run_recipe(
+            "full_finetune",
+            "tiny/full",
+            [f"output_dir={tmp_path}", *SHORT, "batch_size=8", "resume_from_checkpoint=true"],
+        )
