@@ -21,8 +21,10 @@ import re
 import shutil
 from pathlib import Path
 
+import peft
 import pytest
 import torch
+import transformers
 from omegaconf import OmegaConf
 from recipe_testing import losses, run_recipe
 from safetensors.torch import load_file
@@ -30,9 +32,6 @@ from tt_recipes import from_pretrained
 from tt_recipes.assets import asset_path
 from tt_recipes.registry import resolve_config
 from tt_recipes.training import complete_step_dirs
-
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
 
 STEPS = 3
 TOKENIZER_VOCAB = 456  # ids the tiny tokenizer can produce; the model's vocab is larger

@@ -9,15 +9,14 @@ import json
 import math
 from pathlib import Path
 
+import peft
 import pytest
 import torch
+import transformers
 from recipe_testing import FAST_FULL, losses, run_recipe
 from safetensors.torch import load_file
 from tt_recipes import from_pretrained
 from tt_recipes.training import complete_step_dirs
-
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
 
 
 def _logits_equal_transformers(step_dir: Path) -> None:

@@ -1,0 +1,108 @@
+"""Losses against hand-computed values, the schedule's shape, the resumable sampler."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tt_recipes.losses import (
+    IGNORE_INDEX,
+    ChunkedCrossEntropy,
+    chunked_cross_entropy_sum,
+    cross_entropy_sum,
+    shift_labels,
+)
+from tt_recipes.lr_schedulers import constant_with_warmup, cosine_with_warmup
+from tt_recipes.sampling import ResumableSampler
+
+
+def test_cross_entropy_sum_by_hand() -> None:
+    # Two positions, vocab 2: logits (0, 0) -> -log(1/2); logits (ln 3, 0) on class 0 -> -log(3/4).
+    logits = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0]]])
+    targets = torch.tensor([[1, 0]])
+    expected = math.log(2.0) + math.log(4.0 / 3.0)
+    assert cross_entropy_sum(logits, targets).item() == pytest.approx(expected, rel=1e-6)
+    masked = torch.tensor([[1, IGNORE_INDEX]])
+    assert cross_entropy_sum(logits, masked).item() == pytest.approx(math.log(2.0), rel=1e-6)
+
+
+@pytest.mark.parametrize("num_chunks", [1, 3, 8])
+def test_chunked_loss_and_gradients_equal_the_full_loss(num_chunks: int) -> None:
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 13, 16, requires_grad=True)
+    weight = torch.randn(40, 16, requires_grad=True)
+    targets = torch.randint(0, 40, (2, 13))
+    targets[0, :4] = IGNORE_INDEX
+    full = cross_entropy_sum(hidden @ weight.T, targets)
+    full.backward()
+    expected_grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    chunked = ChunkedCrossEntropy(num_chunks=num_chunks)(hidden, lambda h: h @ weight.T, targets)
+    chunked.backward()
+    torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hidden.grad, expected_grads[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weight.grad, expected_grads[1], rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_loss_upcasts_bf16_logits() -> None:
+    hidden = torch.randn(1, 5, 8, dtype=torch.bfloat16)
+    weight = torch.randn(11, 8, dtype=torch.bfloat16)
+    out = chunked_cross_entropy_sum(hidden, lambda h: h @ weight.T, torch.randint(0, 11, (1, 5)))
+    assert out.dtype == torch.float32
+
+
+def test_shift_labels_scores_the_next_token() -> None:
+    labels = torch.tensor([[5, 6, IGNORE_INDEX, 8]])
+    assert shift_labels(labels).tolist() == [[6, IGNORE_INDEX, 8, IGNORE_INDEX]]
+
+
+def test_bad_num_chunks_is_rejected() -> None:
+    with pytest.raises(ValueError, match="loss.num_chunks must be >= 1, got 0"):
+        ChunkedCrossEntropy(num_chunks=0)
+
+
+def _lrs(scheduler, steps: int) -> list[float]:
+    out = []
+    for _ in range(steps):
+        out.append(scheduler.get_last_lr()[0])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return out
+
+
+def test_cosine_with_warmup_values() -> None:
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    lrs = _lrs(cosine_with_warmup(opt, num_training_steps=12, num_warmup_steps=2), 12)
+    assert lrs[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    # Cosine from 1 at step 2 to 0 at step 12: halfway (step 7) is 0.5.
+    assert lrs[7] == pytest.approx(0.5)
+    assert lrs[11] == pytest.approx(0.5 * (1 + math.cos(math.pi * 9 / 10)))
+
+
+def test_constant_with_warmup_values() -> None:
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2.0)
+    assert _lrs(constant_with_warmup(opt, 5, num_warmup_steps=1), 4) == pytest.approx(
+        [1.0, 2.0, 2.0, 2.0]
+    )
+
+
+def test_negative_warmup_is_rejected() -> None:
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    with pytest.raises(ValueError, match="num_warmup_steps must be >= 0, got -1"):
+        cosine_with_warmup(opt, 10, num_warmup_steps=-1)
+
+
+def test_sampler_ranks_split_the_single_process_order() -> None:
+    whole = ResumableSampler(10, seed=3)
+    whole.set_epoch(1)
+    ranks = [ResumableSampler(10, seed=3, rank=r, world_size=2) for r in range(2)]
+    for sampler in ranks:
+        sampler.set_epoch(1)
+    order = list(whole)
+    assert list(ranks[0]) == order[0::2] and list(ranks[1]) == order[1::2]
+    ranks[0].set_epoch(1, start_index=2)
+    assert list(ranks[0]) == order[4::2] and len(ranks[0]) == 3
+    other_epoch = ResumableSampler(10, seed=3)
+    other_epoch.set_epoch(2)
+    assert list(other_epoch) != order and sorted(other_epoch) == list(range(10))
