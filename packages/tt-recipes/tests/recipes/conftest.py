@@ -9,12 +9,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from recipe_testing import FAST_FULL, run_recipe  # noqa: E402
+from recipe_testing import train_tiny_full  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny_full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One short tiny/full run shared by the tests that need a trained checkpoint."""
-    out = tmp_path_factory.mktemp("tiny_full")
-    run_recipe("full_finetune", "tiny/full", [f"output_dir={out}", *FAST_FULL])
-    return out
+    return train_tiny_full(tmp_path_factory.mktemp("tiny_full"))

@@ -34,3 +34,9 @@ def losses(log_dir: Path) -> dict[int, float]:
         if "loss" in record:
             out[record["step"]] = record["loss"]
     return out
+
+
+def train_tiny_full(output_dir: Path) -> Path:
+    """A short tiny/full run (40 steps): a trained checkpoint for LoRA and generate tests."""
+    run_recipe("full_finetune", "tiny/full", [f"output_dir={output_dir}", *FAST_FULL])
+    return output_dir
