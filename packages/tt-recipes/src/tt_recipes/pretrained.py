@@ -19,8 +19,12 @@ def from_pretrained(
     checkpoint_dir: str | Path,
     dtype: torch.dtype | str | None = None,
     device: str | torch.device = "cpu",
+    files: list[str] | None = None,
 ) -> TransformerDecoder:
     """Build the model a HF directory describes and load its weights (eval mode).
+
+    ``files`` names the weight files to read (default: discovered from the index or the
+    ``*.safetensors`` / ``pytorch_model*.bin`` present).
 
     ``dtype`` defaults to the checkpoint's own (``dtype``/``torch_dtype`` in config.json,
     else fp32).
@@ -32,7 +36,7 @@ def from_pretrained(
     config = read_hf_config(checkpoint_dir)
     dtype = resolve_dtype(dtype) or _checkpoint_dtype(config)
     model = build_model(from_hf_config(config), device="meta", dtype=dtype)
-    _, state_dict = load_hf_checkpoint(checkpoint_dir, dtype=dtype, device=device)
+    _, state_dict = load_hf_checkpoint(checkpoint_dir, dtype=dtype, device=device, files=files)
     load_weights(model, state_dict, source=str(checkpoint_dir))
     return model.eval()
 

@@ -73,7 +73,10 @@ def build_model(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> to
     if checkpoint_dir:
         source = resolve_checkpoint_dir(checkpoint_dir)
         log.info(f"Loading weights from {source}")
-        model = from_pretrained(source, dtype=dtype, device=device)
+        files = cfg.checkpointer.get("checkpoint_files")
+        model = from_pretrained(
+            source, dtype=dtype, device=device, files=list(files) if files else None
+        )
         return model.train()
     if cfg.get("model") is None:
         raise ValueError(

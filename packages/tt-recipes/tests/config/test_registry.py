@@ -91,3 +91,18 @@ def test_every_bundled_config_validates_against_its_recipe():
     for name, recipe_name in registry.CONFIGS.items():
         path, _ = registry.resolve_config(name)
         prepare_config(registry.load_recipe(recipe_name).spec, path, source=name)
+
+
+def test_bundled_configs_spell_out_every_key_their_recipe_reads() -> None:
+    """The config is the user interface: every key a recipe reads is visible in its bundled
+    configs. The one exception: ``model`` is unused when ``checkpointer.checkpoint_dir`` names
+    a model (the architecture comes from its config.json)."""
+    from tt_recipes.config import load_yaml
+    from tt_recipes.registry import CONFIGS, bundled_config_path, load_recipe
+
+    for name, recipe in CONFIGS.items():
+        cfg = load_yaml(bundled_config_path(name))
+        missing = [key for key in load_recipe(recipe).spec.keys if key not in cfg]
+        if cfg.get("checkpointer", {}).get("checkpoint_dir"):
+            missing = [key for key in missing if key != "model"]
+        assert not missing, f"{name} does not show keys {missing}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import peft
@@ -174,3 +175,54 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path: Pa
     kept = complete_step_dirs(tmp_path)
     assert kept, "the checkpoints before the bad step must survive"
     from_pretrained(kept[-1])  # loads: complete, not half-written
+
+
+def test_optimizer_in_backward_matches_a_normal_step_and_resumes(tmp_path: Path) -> None:
+    common = [*FAST_FULL, "max_steps_per_epoch=6", "clip_grad_norm=null"]
+    run_recipe("full_finetune", "tiny/full", [f"output_dir={tmp_path / 'a'}", *common])
+    run_recipe(
+        "full_finetune",
+        "tiny/full",
+        [f"output_dir={tmp_path / 'b'}", *common, "optimizer_in_bwd=true", "save_every_n_steps=3"],
+    )
+    a, b = losses(tmp_path / "a" / "logs"), losses(tmp_path / "b" / "logs")
+    assert a.keys() == b.keys() == set(range(1, 7))
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=1e-5), step
+    # Its per-parameter optimizer states resume too.
+    shutil.rmtree(tmp_path / "b" / "step_6")
+    run_recipe(
+        "full_finetune",
+        "tiny/full",
+        [
+            f"output_dir={tmp_path / 'b'}",
+            *common,
+            "optimizer_in_bwd=true",
+            "save_every_n_steps=3",
+            "resume_from_checkpoint=true",
+        ],
+    )
+    resumed = losses(tmp_path / "b" / "logs")
+    for step in (4, 5, 6):
+        assert resumed[step] == pytest.approx(a[step], rel=1e-5), step
+
+
+def test_optimizer_in_backward_refuses_clipping_and_accumulation(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"cannot clip gradients \(clip_grad_norm=1.0\)"):
+        run_recipe(
+            "full_finetune",
+            "tiny/full",
+            [f"output_dir={tmp_path}", *FAST_FULL, "optimizer_in_bwd=true"],
+        )
+    with pytest.raises(ValueError, match="cannot be combined with gradient_accumulation_steps=2"):
+        run_recipe(
+            "full_finetune",
+            "tiny/full",
+            [
+                f"output_dir={tmp_path}",
+                *FAST_FULL,
+                "optimizer_in_bwd=true",
+                "clip_grad_norm=null",
+                "gradient_accumulation_steps=2",
+            ],
+        )

@@ -97,6 +97,9 @@ SFT_KEYS: dict[str, ConfigKey] = {
     "enable_activation_offloading": ConfigKey(
         bool, default=False, doc="keep saved activations in CPU RAM (CUDA)"
     ),
+    "optimizer_in_bwd": ConfigKey(
+        bool, default=False, doc="step each parameter during backward and free its gradient"
+    ),
 }
 
 SPEC = RecipeSpec(
@@ -113,7 +116,9 @@ class Run:
     cfg: DictConfig
     model: torch.nn.Module
     tokenizer: Any
-    optimizer: torch.optim.Optimizer
+    optimizer: Any  # a torch Optimizer, or tt_dist.OptimizerInBackward
+    # The optimizer the lr schedule drives (the first per-parameter one in backward mode).
+    schedule_optimizer: torch.optim.Optimizer
     scheduler: Any
     loss_fn: Callable[..., torch.Tensor]
     loader: Any
@@ -203,13 +208,13 @@ def setup(
         )
     total_steps = steps_per_epoch * cfg.epochs
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = instantiate(cfg.optimizer, params)
+    optimizer, schedule_optimizer = build_optimizer(model, cfg)
     scheduler = (
-        instantiate(cfg.lr_scheduler, optimizer, total_steps)
+        instantiate(cfg.lr_scheduler, schedule_optimizer, total_steps)
         if cfg.get("lr_scheduler") is not None
         else None
     )
+    share_scheduled_lr(optimizer, scheduler)
     loss_fn = instantiate(cfg.loss) if cfg.get("loss") is not None else _default_loss()
     logger = (
         instantiate(cfg.metric_logger) if cfg.get("metric_logger") is not None else _stdout_logger()
@@ -221,6 +226,7 @@ def setup(
         model=model,
         tokenizer=tokenizer,
         optimizer=optimizer,
+        schedule_optimizer=schedule_optimizer,
         scheduler=scheduler,
         loss_fn=loss_fn,
         loader=loader,
@@ -241,6 +247,31 @@ def setup(
         f" accumulation x {dist.world_size} process(es)"
     )
     return run
+
+
+def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> tuple[Any, torch.optim.Optimizer]:
+    """The optimizer over trainable parameters, and the one an lr schedule should drive."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not cfg.optimizer_in_bwd:
+        optimizer = instantiate(cfg.optimizer, params)
+        return optimizer, optimizer
+    if cfg.clip_grad_norm is not None:
+        raise ValueError(
+            f"optimizer_in_bwd=True cannot clip gradients (clip_grad_norm={cfg.clip_grad_norm}): "
+            "each parameter steps as soon as its own gradient exists, before a global norm "
+            "could be known. Set clip_grad_norm=null or optimizer_in_bwd=false"
+        )
+    optimizer = tt_dist.optimizer_in_backward(
+        model, lambda group: instantiate(cfg.optimizer, group), cfg.gradient_accumulation_steps
+    )
+    return optimizer, optimizer.optimizers[0]
+
+
+def share_scheduled_lr(optimizer: Any, scheduler: Any) -> None:
+    """With optimizer_in_bwd the schedule drives the first per-parameter optimizer; copy its
+    lr to all of them (at creation too: LambdaLR sets the warmup lr of step 0 immediately)."""
+    if scheduler is not None and isinstance(optimizer, tt_dist.OptimizerInBackward):
+        optimizer.set_lr(scheduler.get_last_lr()[0])
 
 
 def train(run: Run) -> None:
@@ -321,10 +352,11 @@ def optimizer_step(
     if cfg.clip_grad_norm is not None:
         params = [p for p in model.parameters() if p.requires_grad]
         grad_norm = training.full_value(torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm))
-    run.optimizer.step()
+    run.optimizer.step()  # no-op with optimizer_in_bwd: every parameter stepped in backward
     run.optimizer.zero_grad(set_to_none=True)
     if run.scheduler is not None:
         run.scheduler.step()
+        share_scheduled_lr(run.optimizer, run.scheduler)
     tokens = sum(int(b["tokens"].numel()) for b in micro_batches)
     return (
         training.sum_over_ranks(total_loss) / trained,
@@ -356,7 +388,7 @@ def validate(run: Run) -> float:
 def log_metrics(run: Run, loss: float, grad_norm: float | None, tokens_per_s: float) -> None:
     metrics = {
         "loss": loss,
-        "lr": run.optimizer.param_groups[0]["lr"],
+        "lr": run.schedule_optimizer.param_groups[0]["lr"],
         "tokens_per_s": tokens_per_s,
     }
     if grad_norm is not None:
