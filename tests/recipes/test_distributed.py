@@ -18,21 +18,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from recipe_testing import FAST_FULL, losses, run_recipe
+from recipe_testing import (
+    FAST_FULL,
+    FAST_LORA,
+    assert_peft_adapter_equals_merged,
+    losses,
+    run_recipe,
+)
 from tt_recipes import from_pretrained
 from tt_recipes.training import complete_step_dirs
 
 SHORT = [*FAST_FULL, "max_steps_per_epoch=6", "save_every_n_steps=3"]
-LORA = [
-    "dataset.n=640",
-    "epochs=1",
-    "~dataset_val",
-    "run_val_every_n_steps=null",
-    "log_every_n_steps=1",
-    "save_every_n_steps=3",
-    "max_steps_per_epoch=6",
-    "optimizer.lr=1e-2",
-]
+LORA = [*FAST_LORA, "dataset.n=640", "save_every_n_steps=3", "max_steps_per_epoch=6"]
 REL = 1e-5
 
 
@@ -123,16 +120,8 @@ def test_lora_on_two_processes_matches_one_and_saves_a_peft_adapter(
     torchrun(2, "lora_finetune", "tiny/lora", [f"output_dir={two}", *common, "batch_size=8"])
     run_recipe("lora_finetune", "tiny/lora", [f"output_dir={one}", *common, "batch_size=16"])
     assert_same_losses(losses(two / "logs"), losses(one / "logs"))
-    import peft
-    import transformers
-
-    step_dir = complete_step_dirs(two)[-1]
-    base = transformers.AutoModelForCausalLM.from_pretrained(complete_step_dirs(tiny_full_run)[-1])
-    adapted = peft.PeftModel.from_pretrained(base, step_dir / "adapter").eval()
-    merged = transformers.AutoModelForCausalLM.from_pretrained(step_dir).eval()
-    tokens = torch.randint(0, 456, (2, 12), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        torch.testing.assert_close(adapted(tokens).logits, merged(tokens).logits, atol=1e-4, rtol=0)
+    base_dir = complete_step_dirs(tiny_full_run)[-1]
+    assert_peft_adapter_equals_merged(base_dir, complete_step_dirs(two)[-1], seed=3)
 
 
 def test_resume_with_a_different_global_batch_is_refused(tmp_path: Path) -> None:

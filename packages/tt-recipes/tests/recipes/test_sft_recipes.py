@@ -10,11 +10,16 @@ import math
 import shutil
 from pathlib import Path
 
-import peft
 import pytest
 import torch
 import transformers
-from recipe_testing import FAST_FULL, losses, run_recipe
+from recipe_testing import (
+    FAST_FULL,
+    FAST_LORA,
+    assert_peft_adapter_equals_merged,
+    losses,
+    run_recipe,
+)
 from safetensors.torch import load_file
 from tt_recipes import from_pretrained
 from tt_recipes.training import complete_step_dirs
@@ -53,12 +58,7 @@ def test_lora_finetune_from_the_full_run_saves_merged_model_and_peft_adapter(
             f"output_dir={out}",
             f"checkpointer.checkpoint_dir={tiny_full_run}",
             "dataset.n=320",
-            "batch_size=16",
-            "~dataset_val",
-            "run_val_every_n_steps=null",
-            "log_every_n_steps=1",
-            "save_every_n_steps=null",
-            "optimizer.lr=1e-2",
+            *FAST_LORA,
         ],
     )
     history = losses(out / "logs")
@@ -67,12 +67,7 @@ def test_lora_finetune_from_the_full_run_saves_merged_model_and_peft_adapter(
     _logits_equal_transformers(step_dir)  # merged weights
 
     # The PEFT adapter on the base model gives the merged model's logits.
-    base = transformers.AutoModelForCausalLM.from_pretrained(complete_step_dirs(tiny_full_run)[-1])
-    adapted = peft.PeftModel.from_pretrained(base, step_dir / "adapter").eval()
-    merged = transformers.AutoModelForCausalLM.from_pretrained(step_dir).eval()
-    tokens = torch.randint(0, 456, (2, 12), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        torch.testing.assert_close(adapted(tokens).logits, merged(tokens).logits, atol=1e-4, rtol=0)
+    assert_peft_adapter_equals_merged(complete_step_dirs(tiny_full_run)[-1], step_dir, seed=1)
     config = json.loads((step_dir / "adapter" / "adapter_config.json").read_text())
     assert config["r"] == 8 and sorted(config["target_modules"]) == sorted(
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -98,12 +93,7 @@ def test_dora_and_qdora_train_and_save(tiny_full_run: Path, tmp_path: Path, qlor
             "peft.use_dora=true",
             f"peft.quantize_base={str(qlora).lower()}",
             "dataset.n=96",
-            "batch_size=16",
-            "~dataset_val",
-            "run_val_every_n_steps=null",
-            "log_every_n_steps=1",
-            "save_every_n_steps=null",
-            "optimizer.lr=1e-2",
+            *FAST_LORA,
         ],
     )
     history = losses(out / "logs")
@@ -115,16 +105,7 @@ def test_dora_and_qdora_train_and_save(tiny_full_run: Path, tmp_path: Path, qlor
     assert any(k.endswith("lora_magnitude_vector") for k in adapter)
     _logits_equal_transformers(step_dir)
     if not qlora:  # peft applies the adapter to the full-precision base: same as our merge
-        base = transformers.AutoModelForCausalLM.from_pretrained(
-            complete_step_dirs(tiny_full_run)[-1]
-        )
-        adapted = peft.PeftModel.from_pretrained(base, step_dir / "adapter").eval()
-        merged = transformers.AutoModelForCausalLM.from_pretrained(step_dir).eval()
-        tokens = torch.randint(0, 456, (2, 12), generator=torch.Generator().manual_seed(2))
-        with torch.no_grad():
-            torch.testing.assert_close(
-                adapted(tokens).logits, merged(tokens).logits, atol=1e-4, rtol=0
-            )
+        assert_peft_adapter_equals_merged(complete_step_dirs(tiny_full_run)[-1], step_dir, seed=2)
 
 
 def test_gradient_accumulation_matches_a_bigger_batch(tmp_path: Path) -> None:
