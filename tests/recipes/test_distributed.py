@@ -39,7 +39,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(nproc: int, recipe: str, config: str, overrides: list[str]) -> None:
+def torchrun(nproc: int, recipe: str, config: str, overrides: list[str]) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TT_DEBUG": "1"}
     result = subprocess.run(
         [
@@ -62,6 +62,7 @@ def torchrun(nproc: int, recipe: str, config: str, overrides: list[str]) -> None
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
 
 
 def assert_same_losses(a: dict[int, float], b: dict[int, float]) -> None:
@@ -122,6 +123,20 @@ def test_lora_on_two_processes_matches_one_and_saves_a_peft_adapter(
     assert_same_losses(losses(two / "logs"), losses(one / "logs"))
     base_dir = complete_step_dirs(tiny_full_run)[-1]
     assert_peft_adapter_equals_merged(base_dir, complete_step_dirs(two)[-1], seed=3)
+
+
+@pytest.mark.timeout(600)
+def test_two_processes_load_their_shards_from_a_checkpoint_and_match_one(
+    tiny_full_run: Path, tmp_path: Path
+) -> None:
+    """From a checkpoint, each rank builds the model on meta and copies in only its shards."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    common = [*SHORT, f"checkpointer.checkpoint_dir={tiny_full_run}", "~model"]
+    out = torchrun(2, "full_finetune", "tiny/full", [f"output_dir={two}", *common, "batch_size=8"])
+    assert "each process only its shards" in out
+    run_recipe("full_finetune", "tiny/full", [f"output_dir={one}", *common, "batch_size=16"])
+    assert_same_losses(losses(two / "logs"), losses(one / "logs"))
+    assert losses(one / "logs")[1] < 3.0, "training did not start from the trained checkpoint"
 
 
 def test_resume_with_a_different_global_batch_is_refused(tmp_path: Path) -> None:

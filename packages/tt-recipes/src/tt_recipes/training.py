@@ -89,6 +89,28 @@ def build_model(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> to
     return model.train()
 
 
+def load_sharded_model(
+    cfg: DictConfig, device: torch.device, dtype: torch.dtype
+) -> torch.nn.Module:
+    """Multi-process load from a checkpoint without a full copy of the model per rank: build on
+    the meta device, shard, then each rank copies in only its slices of the weights."""
+    import tt_dist
+    from tt_ckpt import load_hf_checkpoint, read_hf_config
+    from tt_models import build_model as build_decoder
+    from tt_models import from_hf_config
+
+    source = resolve_checkpoint_dir(cfg.checkpointer.checkpoint_dir)
+    log.info(f"Loading weights from {source}, each process only its shards")
+    model = build_decoder(from_hf_config(read_hf_config(source)), device="meta", dtype=dtype)
+    if cfg.enable_activation_checkpointing:
+        enable_activation_checkpointing(model)
+    shard(model, cfg)
+    files = cfg.checkpointer.get("checkpoint_files")
+    _, state_dict = load_hf_checkpoint(source, dtype=dtype, files=list(files) if files else None)
+    tt_dist.load_full_state_dict(model, state_dict, device)
+    return model.train()
+
+
 def token_id_config(tokenizer: Any) -> dict[str, int]:
     """The tokenizer's special ids as config.json fields (so generation stops where trained)."""
     ids = {

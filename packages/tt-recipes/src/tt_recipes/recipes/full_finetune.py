@@ -139,7 +139,7 @@ class Run:
 
 def recipe_main(cfg: DictConfig) -> None:
     try:
-        run = setup(cfg, prepare_model=lambda model, cfg: model, save_model=save_full_model)
+        run = setup(cfg, prepare_model=None, save_model=save_full_model)
         train(run)
     finally:
         tt_dist.destroy_distributed()
@@ -148,23 +148,33 @@ def recipe_main(cfg: DictConfig) -> None:
 def setup(
     cfg: DictConfig,
     *,
-    prepare_model: Callable[[torch.nn.Module, DictConfig], torch.nn.Module],
+    prepare_model: Callable[[torch.nn.Module, DictConfig], torch.nn.Module] | None,
     save_model: Callable[[Run, Path, dict | None], None],
     trainable_state_only: bool = False,
 ) -> Run:
-    """Processes, model (+ ``prepare_model``), data, optimizer, schedule, loss, logger, resume."""
+    """Processes, model (+ ``prepare_model``), data, optimizer, schedule, loss, logger, resume.
+
+    ``prepare_model`` (e.g. attaching adapters) runs on the loaded, unsharded model. Without
+    it, a multi-process run from a checkpoint builds the model on the meta device, shards it
+    and lets each rank materialise only its own shards of the weights.
+    """
     training.setup_logging()
     dist = tt_dist.init_distributed(device=cfg.device)
     torch.manual_seed(cfg.seed)  # same seed on every rank: identical random init everywhere
     device = dist.device
     dtype = training.get_dtype(cfg.dtype, device)
 
-    model = prepare_model(training.build_model(cfg, device, dtype), cfg)
+    if prepare_model is None and dist.is_distributed and cfg.checkpointer.get("checkpoint_dir"):
+        model = training.load_sharded_model(cfg, device, dtype)
+    else:
+        model = training.build_model(cfg, device, dtype)
+        if prepare_model is not None:
+            model = prepare_model(model, cfg)
+        if cfg.enable_activation_checkpointing:
+            training.enable_activation_checkpointing(model)
+        if dist.is_distributed:
+            training.shard(model, cfg)
     trainable, total = training.count_parameters(model)
-    if cfg.enable_activation_checkpointing:
-        training.enable_activation_checkpointing(model)
-    if dist.is_distributed:
-        training.shard(model, cfg)
     if cfg.compile:
         training.compile_blocks(model)
     where = f"{dist.world_size} processes ({dist.backend})" if dist.is_distributed else device
