@@ -139,6 +139,51 @@ def test_two_processes_load_their_shards_from_a_checkpoint_and_match_one(
     assert losses(one / "logs")[1] < 3.0, "training did not start from the trained checkpoint"
 
 
+@pytest.fixture(scope="module")
+def nf4_sized_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random model wide enough for FSDP to split NF4 scale blocks over 2 ranks (dim 512)."""
+    import tt_models
+    from tt_recipes import save_pretrained
+    from tt_recipes.assets import asset_path
+
+    torch.manual_seed(0)
+    model = tt_models.transformer_decoder(
+        vocab_size=512,
+        dim=512,
+        n_layers=2,
+        n_heads=8,
+        n_kv_heads=4,
+        hidden_dim=1536,
+        tie_embeddings=True,
+    )
+    out = tmp_path_factory.mktemp("nf4_sized")
+    save_pretrained(
+        model,
+        out,
+        source_dir=asset_path("tiny_tokenizer"),
+        config_updates={"eos_token_id": 2, "pad_token_id": 0},
+    )
+    return out
+
+
+@pytest.mark.timeout(600)
+def test_qlora_on_two_processes_matches_one(nf4_sized_model: Path, tmp_path: Path) -> None:
+    two, one = tmp_path / "two", tmp_path / "one"
+    common = [
+        f"checkpointer.checkpoint_dir={nf4_sized_model}",
+        *LORA,
+        "peft.quantize_base=true",
+        "dataset.n=256",
+    ]
+    torchrun(2, "lora_finetune", "tiny/lora", [f"output_dir={two}", *common, "batch_size=8"])
+    run_recipe("lora_finetune", "tiny/lora", [f"output_dir={one}", *common, "batch_size=16"])
+    assert_same_losses(losses(two / "logs"), losses(one / "logs"))
+    a = from_pretrained(complete_step_dirs(two)[-1]).state_dict()
+    b = from_pretrained(complete_step_dirs(one)[-1]).state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+
+
 def test_resume_with_a_different_global_batch_is_refused(tmp_path: Path) -> None:
     run_recipe(
         "full_finetune",

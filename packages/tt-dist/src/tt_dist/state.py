@@ -137,7 +137,7 @@ def load_full_state_dict(
     """Copy a full (unsharded) state dict into a model that may be sharded and on meta.
 
     Each rank copies only the slice of each tensor that it owns, so with a memory-mapped
-    ``full_sd`` (``safetensors.torch.load_file`` / ``torch.load(mmap=True)``) no rank ever
+    ``full_sd`` (``safetensors.torch.load_file`` / ``torch.load`` with ``mmap=True``) no rank ever
     holds a full copy in RAM; values are cast to the model's dtype on the way. A meta-device
     model is first allocated on ``device`` (only its shards); ``init_buffers(model)`` then
     recomputes non-persistent buffers. Tied weights absent from ``full_sd`` are skipped.

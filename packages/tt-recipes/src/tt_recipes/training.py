@@ -255,11 +255,7 @@ def shard(model: torch.nn.Module, cfg: Any) -> None:
     import tt_dist
     from tt_models import TransformerSelfAttentionLayer
 
-    if any(getattr(module, "is_quantized", False) for module in model.modules()):
-        raise ValueError(
-            "peft.quantize_base (QLoRA) cannot be sharded across processes yet: torchao's NF4 "
-            "tensors do not support FSDP2's DTensor operations. Run QLoRA in one process."
-        )
+    check_nf4_shardable(model, tt_dist.get_world_size())
     tt_dist.shard_model(
         model,
         block_classes=[TransformerSelfAttentionLayer],
@@ -272,6 +268,22 @@ def shard(model: torch.nn.Module, cfg: Any) -> None:
     from torch.distributed.fsdp import register_fsdp_forward_method
 
     register_fsdp_forward_method(model, "logits_from_hidden")
+
+
+def check_nf4_shardable(model: torch.nn.Module, world_size: int) -> None:
+    """FSDP2 splits an NF4 weight's second-level scales evenly across ranks (torchao's rule);
+    say which layer cannot be split instead of failing inside torchao."""
+    for name, module in model.named_modules():
+        if getattr(module, "is_quantized", False):
+            blocks = module.weight.quantization_factor.numel()
+            if blocks % world_size:
+                raise ValueError(
+                    f"QLoRA on {world_size} processes: the NF4 weight of {name} "
+                    f"{tuple(module.weight.shape)} has {blocks} scale blocks, which do not split "
+                    f"evenly across {world_size} processes. Use a process count that divides "
+                    f"{blocks}, leave {name.rsplit('.', 1)[-1]} out of peft.target_modules, or "
+                    "run in one process."
+                )
 
 
 def sum_over_ranks(value: float) -> float:
