@@ -113,12 +113,20 @@ def test_one_process_checkpoint_resumes_on_two(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize("use_dora", [False, True], ids=["lora", "dora"])
 def test_lora_on_two_processes_matches_one_and_saves_a_peft_adapter(
-    tiny_full_run: Path, tmp_path: Path
+    tiny_full_run: Path, tmp_path: Path, use_dora: bool
 ) -> None:
+    """Each rank builds the model on meta, attaches adapters, loads its shards, and starts the
+    adapters exactly where a single process would."""
     two, one = tmp_path / "two", tmp_path / "one"
-    common = [f"checkpointer.checkpoint_dir={tiny_full_run}", *LORA]
-    torchrun(2, "lora_finetune", "tiny/lora", [f"output_dir={two}", *common, "batch_size=8"])
+    common = [
+        f"checkpointer.checkpoint_dir={tiny_full_run}",
+        *LORA,
+        f"peft.use_dora={str(use_dora).lower()}",
+    ]
+    out = torchrun(2, "lora_finetune", "tiny/lora", [f"output_dir={two}", *common, "batch_size=8"])
+    assert "each process only its shards" in out
     run_recipe("lora_finetune", "tiny/lora", [f"output_dir={one}", *common, "batch_size=16"])
     assert_same_losses(losses(two / "logs"), losses(one / "logs"))
     base_dir = complete_step_dirs(tiny_full_run)[-1]

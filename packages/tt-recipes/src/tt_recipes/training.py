@@ -90,10 +90,11 @@ def build_model(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> to
 
 
 def load_sharded_model(
-    cfg: DictConfig, device: torch.device, dtype: torch.dtype
+    cfg: DictConfig, device: torch.device, dtype: torch.dtype, prepare_model: Any = None
 ) -> torch.nn.Module:
     """Multi-process load from a checkpoint without a full copy of the model per rank: build on
-    the meta device, shard, then each rank copies in only its slices of the weights."""
+    the meta device (+ ``prepare_model``, e.g. adapters), shard, then each rank copies in only
+    its slices of the weights. Adapters are then initialised exactly as in one process."""
     import tt_dist
     from tt_ckpt import load_hf_checkpoint, read_hf_config
     from tt_models import build_model as build_decoder
@@ -102,13 +103,44 @@ def load_sharded_model(
     source = resolve_checkpoint_dir(cfg.checkpointer.checkpoint_dir)
     log.info(f"Loading weights from {source}, each process only its shards")
     model = build_decoder(from_hf_config(read_hf_config(source)), device="meta", dtype=dtype)
+    if prepare_model is not None:
+        model = prepare_model(model, cfg)
     if cfg.enable_activation_checkpointing:
         enable_activation_checkpointing(model)
     shard(model, cfg)
     files = cfg.checkpointer.get("checkpoint_files")
     _, state_dict = load_hf_checkpoint(source, dtype=dtype, files=list(files) if files else None)
-    tt_dist.load_full_state_dict(model, state_dict, device)
+    tt_dist.load_full_state_dict(model, state_dict, device, strict=prepare_model is None)
+    if prepare_model is not None:
+        init_sharded_adapters(model, cfg.seed)
     return model.train()
+
+
+@torch.no_grad()
+def init_sharded_adapters(model: torch.nn.Module, seed: int) -> None:
+    """Give sharded adapters the values ``apply_lora`` gives them in one process.
+
+    Re-seeding and constructing each adapter layer on the CPU in module order repeats the
+    single-process random draws, so every rank (and a 1-process run) starts identical. DoRA's
+    magnitude is the row norm of the base weight; FSDP shards both by rows, so each rank
+    computes its own rows.
+    """
+    from torch.distributed.tensor import distribute_tensor
+    from tt_peft import DoRALinear, adapter_layers
+
+    torch.manual_seed(seed)
+    for layer in adapter_layers(model).values():
+        fresh = type(layer)(
+            layer.in_features, layer.out_features, layer.rank, layer.alpha,
+            use_rslora=layer.use_rslora, dtype=layer.lora_a.weight.dtype,
+        )  # fmt: skip
+        for param, value in ((layer.lora_a.weight, fresh.lora_a.weight),
+                             (layer.lora_b.weight, fresh.lora_b.weight)):  # fmt: skip
+            shard = distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
+            param.to_local().copy_(shard.to_local())
+        if isinstance(layer, DoRALinear):
+            rows = layer.weight.to_local().to(layer.magnitude.dtype)
+            layer.magnitude.to_local().copy_(torch.linalg.norm(rows, dim=1))
 
 
 def token_id_config(tokenizer: Any) -> dict[str, int]:
