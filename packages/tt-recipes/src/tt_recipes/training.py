@@ -109,7 +109,9 @@ def load_sharded_model(
         enable_activation_checkpointing(model)
     shard(model, cfg)
     files = cfg.checkpointer.get("checkpoint_files")
-    _, state_dict = load_hf_checkpoint(source, dtype=dtype, files=list(files) if files else None)
+    # No dtype here: safetensors files are memory-mapped, and casting would read every tensor
+    # whole on every rank. load_full_state_dict casts each rank's slice as it copies it.
+    _, state_dict = load_hf_checkpoint(source, files=list(files) if files else None)
     tt_dist.load_full_state_dict(model, state_dict, device, strict=prepare_model is None)
     if prepare_model is not None:
         init_sharded_adapters(model, cfg.seed)
