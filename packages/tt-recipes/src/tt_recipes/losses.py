@@ -25,11 +25,6 @@ def shift_labels(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torc
     return torch.cat([labels[:, 1:], pad], dim=1)
 
 
-def count_trained_tokens(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> int:
-    """Number of positions that contribute to the loss once labels are shifted."""
-    return int((labels[:, 1:] != ignore_index).sum())
-
-
 Projection = Callable[[torch.Tensor], torch.Tensor]
 
 
