@@ -276,10 +276,6 @@ def check_finite(loss: float, step: int, output_dir: str | Path) -> None:
         )
 
 
-def is_rank_zero() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 # ---------------------------------------------------------------------------------------------
 # Several processes
 

@@ -27,10 +27,12 @@ import tt_dist
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from tt_ckpt import atomic_directory
+from tt_data import padded_collate_packed, padded_collate_sft
 
 from tt_recipes import training
 from tt_recipes.config import ConfigKey, RecipeSpec, instantiate
-from tt_recipes.losses import IGNORE_INDEX, shift_labels
+from tt_recipes.losses import IGNORE_INDEX, ChunkedCrossEntropy, shift_labels
+from tt_recipes.metric_logging import StdoutLogger
 from tt_recipes.pretrained import save_pretrained
 
 log = logging.getLogger("tt")
@@ -227,9 +229,9 @@ def setup(
         else None
     )
     share_scheduled_lr(optimizer, scheduler)
-    loss_fn = instantiate(cfg.loss) if cfg.get("loss") is not None else _default_loss()
+    loss_fn = instantiate(cfg.loss) if cfg.get("loss") is not None else ChunkedCrossEntropy()
     logger = (
-        instantiate(cfg.metric_logger) if cfg.get("metric_logger") is not None else _stdout_logger()
+        instantiate(cfg.metric_logger) if cfg.get("metric_logger") is not None else StdoutLogger()
     )
     logger.log_config(OmegaConf.to_container(cfg, resolve=True))
 
@@ -298,7 +300,7 @@ def train(run: Run) -> None:
         desc="training",
         unit="step",
         dynamic_ncols=True,
-        disable=not _is_rank_zero(),
+        disable=run.dist.rank != 0,
     )
     window_start, window_tokens = time.perf_counter(), 0
     try:
@@ -507,28 +509,10 @@ def resume(run: Run) -> None:
 
 
 def _collate(batch: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    from tt_data import padded_collate_packed, padded_collate_sft
-
     if "document_ids" in batch[0]:
         return padded_collate_packed(batch)
     return padded_collate_sft(batch, pad_id=pad_id)
 
 
-def _default_loss() -> Callable[..., torch.Tensor]:
-    from tt_recipes.losses import ChunkedCrossEntropy
-
-    return ChunkedCrossEntropy()
-
-
-def _stdout_logger() -> Any:
-    from tt_recipes.metric_logging import StdoutLogger
-
-    return StdoutLogger()
-
-
 def _due(step: int, every: int | None) -> bool:
     return bool(every) and step % every == 0
-
-
-def _is_rank_zero() -> bool:
-    return training.is_rank_zero()
