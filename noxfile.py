@@ -21,6 +21,9 @@ nox.options.error_on_missing_interpreters = True
 
 ROOT = Path(__file__).parent
 TEST_TOOLS = ["pytest", "pytest-timeout", "hypothesis", "transformers", "peft"]
+# Test-only extras of one package: tt-dist handles torchao NF4 tensors without importing
+# torchao, and its tests build them.
+TEST_ONLY = {"tt-dist": ["torchao"]}
 
 # package -> (tt packages it depends on, extras to install)
 PACKAGES: dict[str, tuple[list[str], list[str]]] = {
@@ -67,7 +70,8 @@ def _install(session: nox.Session, packages: list[str], extras: dict[str, list[s
         extra = extras.get(pkg, [])
         spec = f"packages/{pkg}" + (f"[{','.join(extra)}]" if extra else "")
         args += ["-e", spec]
-    session.install("-c", _constraints(session), *args, *TEST_TOOLS)
+    test_only = [dep for pkg in packages for dep in TEST_ONLY.get(pkg, [])]
+    session.install("-c", _constraints(session), *args, *TEST_TOOLS, *test_only)
 
 
 def _make_package_session(name: str) -> None:

@@ -51,6 +51,23 @@ def make_model(seed: int = 0) -> TinyLM:
     return TinyLM()
 
 
+def quantize_fc1(model: TinyLM) -> TinyLM:
+    """QLoRA-style frozen NF4 base weights on every block's fc1 (torchao; works on meta too).
+
+    fc1 is [64, 32]: 32 blocks of 64 values, 2 second-level scale groups of 16 blocks, so
+    FSDP can split it over 2 ranks."""
+    from torchao.quantization import to_nf4
+
+    for block in model.layers:
+        weight = to_nf4(block.fc1.weight.detach(), 64, 16)
+        block.fc1.weight = nn.Parameter(weight, requires_grad=False)
+    return model
+
+
+def dequantized(weight: torch.Tensor) -> torch.Tensor:
+    return weight.get_original_weight()
+
+
 def make_optimizer(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=LR, weight_decay=0.01)
 

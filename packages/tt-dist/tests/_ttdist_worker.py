@@ -3,6 +3,8 @@
 train_save: meta init -> shard -> load full weights -> 2 steps -> DCP save -> 2 more steps;
             then the same with optimizer-in-backward and activation checkpointing.
 resume:     sharded model restored from CKPT_DIR, trained to the end.
+nf4:        meta init with NF4 fc1 weights -> shard -> load full-precision weights; each rank
+            checks its NF4 shard against the whole-tensor quantization, then trains.
 Rank 0 writes losses and the gathered final weights to OUT_DIR.
 """
 
@@ -19,9 +21,11 @@ import _ttdist_tiny as tiny  # noqa: E402
 import tt_dist  # noqa: E402
 
 
-def sharded_model(out: Path) -> torch.nn.Module:
+def sharded_model(out: Path, nf4: bool = False) -> torch.nn.Module:
     with torch.device("meta"):
         model = tiny.TinyLM()
+    if nf4:
+        tiny.quantize_fc1(model)
     tt_dist.shard_model(
         model, block_classes=[tiny.Block], shard_embeddings=True, custom_sharded_layers=["output"]
     )
@@ -35,8 +39,25 @@ def sharded_model(out: Path) -> torch.nn.Module:
     return model
 
 
-def save_result(out: Path, name: str, model: torch.nn.Module, losses: list[float]) -> None:
-    full = tt_dist.gather_full_state_dict(model)
+def check_nf4_shards(out: Path, model: torch.nn.Module, rank: int, world: int) -> None:
+    """Each rank's NF4 shard equals its rows of the whole tensor quantized in one process,
+    and owns storage for those rows only (not a view of the whole quantized tensor)."""
+    whole = tiny.make_model()
+    whole.load_state_dict(torch.load(out / "init.pt", weights_only=True))
+    tiny.quantize_fc1(whole)
+    for mine, ref in zip(model.layers, whole.layers):
+        local = mine.fc1.weight.to_local()
+        want = ref.fc1.weight.chunk(world)[rank]
+        assert type(local).__name__ == "NF4Tensor", type(local)
+        assert torch.equal(tiny.dequantized(local), tiny.dequantized(want))
+        codes = local.quantized_data
+        assert codes.untyped_storage().nbytes() == codes.numel() * codes.element_size()
+
+
+def save_result(
+    out: Path, name: str, model: torch.nn.Module, losses: list[float], trainable_only=False
+) -> None:
+    full = tt_dist.gather_full_state_dict(model, trainable_only=trainable_only)
     if tt_dist.is_rank_zero():
         torch.save(full, out / f"{name}.pt")
         (out / f"{name}.json").write_text(json.dumps(losses))
@@ -46,8 +67,8 @@ def main() -> None:
     scenario, out = sys.argv[1], Path(sys.argv[2])
     info = tt_dist.init_distributed()
     rank, world = info.rank, info.world_size
-    model = sharded_model(out)
-    opt = tiny.make_optimizer(model.parameters())
+    model = sharded_model(out, nf4=scenario == "nf4")
+    opt = tiny.make_optimizer([p for p in model.parameters() if p.requires_grad])
     if scenario == "train_save":
         losses = tiny.train(model, opt, range(2), rank, world)
         tt_dist.save_distributed_state(out / "ckpt", model, opt, extra={"step": 2})
@@ -62,6 +83,10 @@ def main() -> None:
         save_result(
             out, "resumed", model, tiny.train(model, opt, range(step, tiny.STEPS), rank, world)
         )
+    elif scenario == "nf4":
+        check_nf4_shards(out, model, rank, world)
+        losses = tiny.train(model, opt, range(tiny.STEPS), rank, world)
+        save_result(out, "nf4", model, losses, trainable_only=True)
     else:
         raise ValueError(f"unknown scenario {scenario!r}")
     tt_dist.destroy_distributed()

@@ -125,3 +125,17 @@ def test_one_process_checkpoint_resumes_on_two_nodes(tmp_path, reference):
     losses, weights = _result(out, "resumed")
     assert losses == pytest.approx(ref_losses[2:], abs=LOSS_ATOL, rel=0)
     _assert_same_weights(weights, ref_weights)
+
+
+def test_nf4_base_weights_load_shard_by_shard_from_meta(tmp_path, reference):
+    """QLoRA under FSDP: each rank cuts its NF4 rows from the whole-tensor quantization (checked
+    exactly in the worker) and trains like one process with the same frozen NF4 weights."""
+    out = _workdir(tmp_path, reference)
+    _launch(2, "nf4", str(out))
+    model = tiny.quantize_fc1(tiny.make_model())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    ref_losses = tiny.train(model, tiny.make_optimizer(trainable), range(tiny.STEPS))
+    losses, weights = _result(out, "nf4")
+    assert losses == pytest.approx(ref_losses, abs=LOSS_ATOL, rel=0)
+    want = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    _assert_same_weights(weights, want)

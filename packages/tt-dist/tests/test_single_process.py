@@ -97,13 +97,23 @@ def test_tied_weight_missing_from_file_is_skipped():
     assert torch.equal(model.output.weight, full["tok_embeddings.weight"])
 
 
-def test_nf4_weights_are_refused_with_reason():
-    class NF4Tensor(torch.Tensor):  # stands in for torchao's class, matched by name
-        pass
+def test_nf4_parameters_on_meta_are_quantized_from_full_precision_weights():
+    full = tiny.make_model(seed=3).state_dict()
+    with torch.device("meta"):
+        model = tiny.quantize_fc1(tiny.TinyLM())
+    tt_dist.load_full_state_dict(model, full, "cpu", init_buffers=tiny.init_buffers)
+    want = tiny.quantize_fc1(tiny.make_model(seed=3))
+    for mine, ref in zip(model.layers, want.layers):
+        assert type(mine.fc1.weight).__name__ == "NF4Tensor"
+        assert not mine.fc1.weight.requires_grad
+        assert torch.equal(tiny.dequantized(mine.fc1.weight), tiny.dequantized(ref.fc1.weight))
+    x = tiny.global_batch(0)[:, :-1]
+    torch.testing.assert_close(model(x), want(x), atol=0, rtol=0)
 
-    full = tiny.make_model().state_dict()
-    full["output.weight"] = full["output.weight"].as_subclass(NF4Tensor)
-    with pytest.raises(NotImplementedError, match="'output.weight' is an NF4 tensor"):
+
+def test_nf4_in_the_file_but_not_in_the_model_is_refused():
+    full = tiny.quantize_fc1(tiny.make_model()).state_dict()
+    with pytest.raises(TypeError, match="'layers.0.fc1.weight' is NF4 in the full state dict"):
         tt_dist.load_full_state_dict(tiny.make_model(), full, "cpu")
 
 

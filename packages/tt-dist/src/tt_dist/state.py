@@ -71,15 +71,43 @@ def _check_keys(model: nn.Module, full_sd: Mapping[str, Any], strict: bool) -> l
     return [k for k in expected if k in full_sd]
 
 
-def _refuse_nf4(key: str, *tensors: torch.Tensor) -> None:
-    for t in tensors:
-        if "NF4" in type(t).__name__ or "NF4" in type(getattr(t, "_local_tensor", t)).__name__:
-            raise NotImplementedError(
-                f"{key!r} is an NF4 tensor: loading NF4 (QLoRA) base weights shard by shard is "
-                "not supported yet, because torchao 0.18's NF4Tensor does not implement the "
-                "DTensor slicing/copy ops FSDP2 needs. Load the base model unsharded, or "
-                "quantize after loading bf16 weights on each rank"
-            )
+def _is_nf4(tensor: torch.Tensor) -> bool:
+    """A torchao ``NF4Tensor`` (QLoRA base weight), recognised without importing torchao."""
+    local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+    return type(local).__name__ == "NF4Tensor"
+
+
+def _nf4_parameter(key: str, target: torch.Tensor, full: torch.Tensor, device) -> nn.Parameter:
+    """This rank's NF4 shard of ``full``, quantized with the target's block sizes.
+
+    NF4's second-level scales share one mean over the whole tensor, so a shard must be cut
+    from the quantized whole tensor to equal what one process holds: each rank quantizes one
+    weight at a time on ``device`` (a transient full copy of that weight) and keeps a
+    compact clone of its rows. The result replaces the parameter (it cannot be copied in:
+    NF4's packed codes are not elementwise).
+    """
+    local = target.to_local() if isinstance(target, DTensor) else target
+    if _is_nf4(full):
+        quantized = full.to(device)
+    else:
+        source = full.to(device=device, dtype=local.dtype)
+        quantized = type(local).from_tensor(source, local.block_size, local.scaler_block_size)
+    if not isinstance(target, DTensor):
+        return nn.Parameter(quantized, requires_grad=target.requires_grad)
+    _, rows = _local_target_and_source(key, target, quantized)
+    # The chunk views the whole tensor's storage; copy it into storage of its own. Not with
+    # clone(): torchao's NF4 clone re-quantizes the rows with their own scale mean.
+    own = rows.new_zeros(rows.shape)
+    own.copy_(rows)
+    shard = DTensor.from_local(
+        own,
+        target.device_mesh,
+        target.placements,
+        run_check=False,
+        shape=target.shape,
+        stride=target.stride(),
+    )
+    return nn.Parameter(shard, requires_grad=target.requires_grad)
 
 
 def _local_target_and_source(
@@ -141,14 +169,31 @@ def load_full_state_dict(
     holds a full copy in RAM; values are cast to the model's dtype on the way. A meta-device
     model is first allocated on ``device`` (only its shards); ``init_buffers(model)`` then
     recomputes non-persistent buffers. Tied weights absent from ``full_sd`` are skipped.
+
+    Parameters that are torchao NF4 tensors (QLoRA bases, on meta or not) receive the
+    full-precision value quantized the way one process would quantize it, then cut to this
+    rank's rows; the model's shards then equal a model quantized whole and sharded after.
     """
     keys = _check_keys(model, full_sd, strict)
-    _materialize(model, torch.device(device), init_buffers)
+    device = torch.device(device)
+    _materialize(model, device, init_buffers)
     targets = model.state_dict()
+    quantized = {}
     for key in keys:
-        _refuse_nf4(key, targets[key], full_sd[key])
+        if _is_nf4(targets[key]):
+            quantized[key] = _nf4_parameter(key, targets[key], full_sd[key], device)
+            continue
+        if _is_nf4(full_sd[key]):
+            raise TypeError(
+                f"{key!r} is NF4 in the full state dict but {type(targets[key]).__name__} in "
+                "the model: dequantize it first, or quantize the model's layer (QLoRA) to load it"
+            )
         local, part = _local_target_and_source(key, targets[key], full_sd[key])
         local.copy_(part)
+    if quantized:
+        # assign=True is how FSDP2 expects a sharded parameter to be replaced: its post-load
+        # hook re-points its sharded storage at the new tensor.
+        model.load_state_dict(quantized, strict=False, assign=True)
 
 
 def gather_full_state_dict(

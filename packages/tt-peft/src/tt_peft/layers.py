@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from tt_peft._nf4 import dense, is_nf4, linear_nf4, to_nf4
 
@@ -261,6 +262,10 @@ def _derive_missing_magnitude(
     # magnitude; derive it from the incoming weight so the layer still starts equal to it.
     weight_key, magnitude_key = prefix + "weight", prefix + "magnitude"
     if weight_key in state_dict and magnitude_key not in state_dict:
+        if isinstance(state_dict[weight_key], DTensor):
+            # A shard (FSDP loading one rank's rows): row norms need the adapters' shards too,
+            # so the sharded loader sets the magnitude itself after the adapters are ready.
+            return
         incoming = state_dict[weight_key].to(layer.magnitude.device)
         if layer.is_quantized and not is_nf4(incoming):
             # the layer will hold the NF4 round trip of the incoming weight; norm that instead

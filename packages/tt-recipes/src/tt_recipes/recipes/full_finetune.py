@@ -153,14 +153,12 @@ def setup(
     prepare_model: Callable[[torch.nn.Module, DictConfig], torch.nn.Module] | None,
     save_model: Callable[[Run, Path, dict | None], None],
     trainable_state_only: bool = False,
-    shards_from_meta: bool = True,
 ) -> Run:
     """Processes, model (+ ``prepare_model``), data, optimizer, schedule, loss, logger, resume.
 
     ``prepare_model`` attaches adapters (or anything else) before sharding. A multi-process
     run from a checkpoint builds the model on the meta device, shards it and lets each rank
-    materialise only its own shards of the weights, unless ``shards_from_meta`` is False
-    (then every rank loads the whole model before sharding it).
+    materialise only its own shards of the weights (NF4 QLoRA bases included).
     """
     training.setup_logging()
     dist = tt_dist.init_distributed(device=cfg.device)
@@ -168,7 +166,7 @@ def setup(
     device = dist.device
     dtype = training.get_dtype(cfg.dtype, device)
 
-    if shards_from_meta and dist.is_distributed and cfg.checkpointer.get("checkpoint_dir"):
+    if dist.is_distributed and cfg.checkpointer.get("checkpoint_dir"):
         model = training.load_sharded_model(cfg, device, dtype, prepare_model)
     else:
         model = training.build_model(cfg, device, dtype)

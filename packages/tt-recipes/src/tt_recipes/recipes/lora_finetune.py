@@ -61,8 +61,6 @@ def recipe_main(cfg: DictConfig) -> None:
             prepare_model=add_adapters,
             save_model=save_lora_model,
             trainable_state_only=True,  # the frozen base comes back from checkpoint_dir
-            # NF4 weights are quantized from whole tensors: QLoRA loads them before sharding.
-            shards_from_meta=not cfg.peft.quantize_base,
         )
         full_finetune.train(run)
     finally:
