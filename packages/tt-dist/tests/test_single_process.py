@@ -232,6 +232,66 @@ def test_activation_offloading_is_a_noop_on_cpu_with_one_notice(capsys):
     assert out.count("activation offloading is a no-op on cpu") == 1
 
 
+def test_offloaded_activations_give_identical_gradients():
+    want = grads_after_backward(tiny.make_model())
+    model = tiny.make_model()
+    offloader = tt_dist.ActivationOffloader("cpu", min_bytes=0)
+    with offloader:
+        loss = tiny.loss_on(model, tiny.global_batch(0))
+    # per block at least: layer norm input, fc1 input, gelu input, fc2 input (weights: none)
+    assert offloader.offloaded >= 4 * len(model.layers)
+    loss.backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, want[name], rtol=0, atol=0, msg=name)
+
+
+def test_an_offloaded_activation_is_a_copy_and_the_graph_keeps_nothing_on_device():
+    x = torch.randn(4, 8, requires_grad=True)
+    with tt_dist.ActivationOffloader("cpu", min_bytes=0):
+        hidden = x * 2
+        out = hidden.sin()  # sin saves its input
+    saved = out.grad_fn._saved_self  # unpacks: what backward will read
+    assert torch.equal(saved, hidden) and saved.data_ptr() != hidden.data_ptr()
+
+
+def test_parameters_are_not_offloaded():
+    linear = torch.nn.Linear(8, 8)
+    offloader = tt_dist.ActivationOffloader("cpu", min_bytes=0)
+    with offloader:
+        linear(torch.randn(4, 8, requires_grad=True)).sum()  # saves its input and weight.t()
+        linear.requires_grad_(False)
+        linear(torch.randn(4, 8, requires_grad=True)).sum()  # frozen (LoRA): saves weight.t()
+    assert offloader.offloaded == 1  # the first call's input
+
+
+def test_small_tensors_stay_on_device():
+    x = torch.randn(4, 8, requires_grad=True)
+    offloader = tt_dist.ActivationOffloader("cpu", min_bytes=4 * 8 * 4 + 1)
+    with offloader:
+        hidden = x * 2
+        out = hidden.sin()
+    assert offloader.offloaded == 0
+    assert out.grad_fn._saved_self.data_ptr() == hidden.data_ptr()
+
+
+def test_backward_prefetches_the_previous_activation_and_a_retained_graph_reruns():
+    x = torch.randn(16, 16, requires_grad=True)
+    offloader = tt_dist.ActivationOffloader("cpu", min_bytes=0)
+    calls: list[int] = []
+    copy_back = offloader._copy_back
+    offloader._copy_back = lambda entry: calls.append(entry.index) or copy_back(entry)
+    with offloader:
+        out = x.sin().sin().sin().sum()  # each sin saves its input: a chain of 3
+    assert offloader.offloaded == 3
+    out.backward(retain_graph=True)
+    # backward asks for 2 (copied), prefetching 1; asks for 1 (ready), prefetching 0; asks for 0
+    assert calls == [2, 1, 0]
+    first = x.grad.clone()
+    x.grad = None
+    out.backward()  # the CPU copies live as long as the graph: a second backward works
+    torch.testing.assert_close(x.grad, first, rtol=0, atol=0)
+
+
 def test_optimizer_in_backward_equals_a_normal_step():
     ref, model = tiny.make_model(), tiny.make_model()
     ref_losses = tiny.train(ref, tiny.make_optimizer(ref.parameters()), range(3))

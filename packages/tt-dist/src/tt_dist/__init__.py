@@ -5,6 +5,7 @@ CPU offload, activation checkpointing and activation offloading. Depends on torc
 """
 
 from tt_dist.memory import (
+    ActivationOffloader,
     OptimizerInBackward,
     activation_offloading,
     apply_activation_checkpointing,
@@ -30,6 +31,7 @@ from tt_dist.state import (
 )
 
 __all__ = [
+    "ActivationOffloader",
     "DistInfo",
     "OptimizerInBackward",
     "activation_offloading",

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import weakref
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,29 +43,120 @@ def apply_activation_checkpointing(model: nn.Module, is_block: BlockPredicate) -
     return len(blocks)
 
 
+class ActivationOffloader(torch.autograd.graph.saved_tensors_hooks):
+    """Context manager: tensors saved for backward move to CPU memory until backward needs them.
+
+    Forward: each saved activation of at least ``min_bytes`` on ``device`` is copied into
+    (pinned) CPU memory and its device memory is released as soon as the copy completes.
+    Backward: the activation is copied back when autograd asks for it, and the one saved just
+    before it (normally the next one backward asks for) starts copying back at the same time.
+
+    On CUDA the copies run on a side stream, so they overlap with compute in both directions:
+    the side stream waits for the kernel that produced a tensor before copying it, the caching
+    allocator is told (``record_stream``) not to reuse the device memory before the copy has
+    finished, and the compute stream waits for a copy-back before it reads it. Parameters (and views of
+    them, such as the transposed weight a linear layer saves; FSDP's unsharded parameters
+    are parameters too) and tensor subclasses (NF4 weights) are never copied: they are not
+    activations. A retained graph (``backward(retain_graph=True)``) can be run again: the
+    CPU copy lives as long as the graph does.
+    """
+
+    def __init__(self, device: torch.device | str, min_bytes: int = 1 << 20) -> None:
+        self.device = torch.device(device)
+        self.min_bytes = min_bytes
+        self.offloaded = 0  # tensors moved to CPU so far (for tests and logs)
+        self._cuda = self.device.type == "cuda"
+        self._stream = torch.cuda.Stream(self.device) if self._cuda else None
+        self._saved: weakref.WeakValueDictionary[int, _Offloaded] = weakref.WeakValueDictionary()
+        super().__init__(self._pack, self._unpack)
+
+    def _should_offload(self, tensor: torch.Tensor) -> bool:
+        # Autograd often saves a view of a weight (linear saves weight.t()), so look at the base.
+        base = tensor if tensor._base is None else tensor._base
+        return (
+            type(tensor) is torch.Tensor
+            and not isinstance(base, nn.Parameter)
+            and tensor.device.type == self.device.type
+            and tensor.numel() * tensor.element_size() >= self.min_bytes
+        )
+
+    @contextlib.contextmanager
+    def _side_stream(self) -> Iterator[None]:
+        if not self._cuda:
+            yield
+            return
+        self._stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self._stream):
+            yield
+
+    def _pack(self, tensor: torch.Tensor) -> Any:
+        if not self._should_offload(tensor):
+            return tensor
+        cpu = torch.empty_like(tensor, device="cpu", pin_memory=self._cuda)
+        with self._side_stream():
+            cpu.copy_(tensor, non_blocking=self._cuda)
+            if self._cuda:
+                tensor.record_stream(self._stream)
+        entry = _Offloaded(index=self.offloaded, cpu=cpu, device=tensor.device)
+        self._saved[entry.index] = entry
+        self.offloaded += 1
+        return entry
+
+    def _unpack(self, packed: Any) -> torch.Tensor:
+        if not isinstance(packed, _Offloaded):
+            return packed
+        tensor, packed.on_device = packed.on_device, None
+        if tensor is None:
+            tensor = self._copy_back(packed)
+        previous = self._saved.get(packed.index - 1)
+        if previous is not None and previous.on_device is None:
+            previous.on_device = self._copy_back(previous)  # prefetch: overlaps this node
+        if self._cuda:
+            compute = torch.cuda.current_stream(self.device)
+            compute.wait_stream(self._stream)
+            tensor.record_stream(compute)
+        return tensor
+
+    def _copy_back(self, entry: _Offloaded) -> torch.Tensor:
+        with self._side_stream():
+            if self._cuda:
+                return entry.cpu.to(entry.device, non_blocking=True)
+            return entry.cpu.clone()  # CPU "offloading" (tests): a copy with its own storage
+
+
+@dataclasses.dataclass(eq=False)
+class _Offloaded:
+    """What autograd keeps for an offloaded tensor: the CPU copy (and a prefetched one)."""
+
+    index: int
+    cpu: torch.Tensor
+    device: torch.device
+    on_device: torch.Tensor | None = None
+
+
 @contextlib.contextmanager
 def activation_offloading(
     enabled: bool, device: torch.device | str | None = None
-) -> Iterator[None]:
-    """Inside this context, tensors saved for backward live in pinned CPU memory.
+) -> Iterator[ActivationOffloader | None]:
+    """Inside this context, tensors saved for backward live in CPU memory (see
+    ``ActivationOffloader``).
 
     Wrap the forward pass (``with activation_offloading(cfg.enable_activation_offloading):
-    logits = model(x)``). On CUDA it uses ``torch.autograd.graph.save_on_cpu`` with pinned
-    memory, whose host<->device copies are non-blocking. On a CPU device activations are
-    already in CPU memory, so it does nothing and says so once.
+    logits = model(x)``); backward may run after the context has closed. On a CPU device the
+    activations already live in CPU memory, so it does nothing and says so once.
     """
     if not enabled:
-        yield
+        yield None
         return
     device = torch.device(device) if device is not None else _current_device()
     if device.type != "cuda":
         _notice_once(
             f"activation offloading is a no-op on {device.type}: activations already live in CPU memory"
         )
-        yield
+        yield None
         return
-    with torch.autograd.graph.save_on_cpu(pin_memory=True):
-        yield
+    with ActivationOffloader(device) as offloader:
+        yield offloader
 
 
 def _current_device() -> torch.device:
