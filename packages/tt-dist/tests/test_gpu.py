@@ -5,6 +5,7 @@ Each test prints the peak GPU memory with and without the feature (run with -s t
 
 import socket
 
+import _ttdist_tiny as tiny
 import pytest
 import torch
 import torch.nn.functional as F
@@ -98,3 +99,19 @@ def test_activation_offloading_same_gradients_less_memory():
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, want[name], msg=name)
     assert offloaded_peak < peak
+
+
+def test_nf4_shards_load_onto_the_gpu_from_meta(one_gpu_group):
+    full = tiny.make_model(seed=3).state_dict()
+    with torch.device("meta"):
+        model = tiny.quantize_fc1(tiny.TinyLM())
+    tt_dist.shard_model(model, block_classes=[tiny.Block], mixed_precision=False)
+    torch.cuda.reset_peak_memory_stats()
+    tt_dist.load_full_state_dict(model, full, "cuda", init_buffers=tiny.init_buffers)
+    want = tiny.quantize_fc1(tiny.make_model(seed=3).cuda())
+    for mine, ref in zip(model.layers, want.layers):
+        local = mine.fc1.weight.to_local()
+        assert local.quantized_data.device.type == "cuda"
+        assert torch.equal(tiny.dequantized(local), tiny.dequantized(ref.fc1.weight))
+    x = tiny.global_batch(0)[:, :-1].cuda()
+    torch.testing.assert_close(model(x), want(x), atol=0, rtol=0)

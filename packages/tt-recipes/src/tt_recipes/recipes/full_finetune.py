@@ -357,7 +357,9 @@ def optimizer_step(
                 input_pos=batch.get("input_pos"),
                 return_hidden=True,
             )
-            loss_sum = run.loss_fn(hidden, model.logits_from_hidden, shift_labels(batch["labels"]))
+        # The loss's saved tensors are the first that backward reads: offloading them would
+        # only add two copies.
+        loss_sum = run.loss_fn(hidden, model.logits_from_hidden, shift_labels(batch["labels"]))
         (loss_sum * (world / trained)).backward()
         total_loss += loss_sum.item()
     grad_norm = None
