@@ -23,6 +23,7 @@ from recipe_testing import (
     FAST_LORA,
     assert_peft_adapter_equals_merged,
     losses,
+    preference_file_overrides,
     run_recipe,
 )
 from tt_recipes import from_pretrained
@@ -195,6 +196,28 @@ def test_qlora_on_two_processes_matches_one(
     b = from_pretrained(complete_step_dirs(one)[-1]).state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("peft", ["lora", "full"])
+def test_dpo_on_two_processes_matches_one(tiny_full_run: Path, tmp_path: Path, peft: str) -> None:
+    """LoRA: the reference is the sharded policy with adapters off; full: a second sharded,
+    frozen copy loaded shard by shard. Either way 2 x 8 pairs train like 1 x 16."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    common = [
+        *preference_file_overrides(tmp_path, train_pairs=96),
+        f"checkpointer.checkpoint_dir={tiny_full_run}",
+        "~dataset_val",
+        "run_val_every_n_steps=null",
+        "log_every_n_steps=1",
+        "save_every_n_steps=null",
+        *(["peft=null", "optimizer.lr=1e-4"] if peft == "full" else []),
+    ]
+    out = torchrun(2, "dpo", "tiny/dpo", [f"output_dir={two}", *common, "batch_size=8"])
+    assert "each process only its shards" in out
+    run_recipe("dpo", "tiny/dpo", [f"output_dir={one}", *common, "batch_size=16"])
+    assert_same_losses(losses(two / "logs"), losses(one / "logs"))
+    assert losses(one / "logs")[6] < losses(one / "logs")[1], "DPO did not lower the loss"
 
 
 def test_resume_with_a_different_global_batch_is_refused(tmp_path: Path) -> None:

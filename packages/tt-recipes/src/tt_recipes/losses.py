@@ -95,3 +95,77 @@ class ChunkedCrossEntropy:
             num_chunks=self.num_chunks,
             ignore_index=self.ignore_index,
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Preference optimization
+
+
+def sequence_logprobs(
+    hidden: torch.Tensor,
+    project: Projection,
+    targets: torch.Tensor,
+    *,
+    num_chunks: int = 8,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """Per-row sum of log p(target token) over the positions that are not ``ignore_index``.
+
+    The log-likelihood a preference loss compares: ``log pi(response | prompt)`` when only the
+    response is labelled. Computed in sequence chunks with recomputation in backward, like
+    ``chunked_cross_entropy_sum``, so full-batch fp32 logits never exist.
+
+    hidden: [b, s, dim]; targets: [b, s] already shifted. Returns [b] fp32.
+    """
+    total = hidden.new_zeros(hidden.shape[0], dtype=torch.float32)
+    for h, t in zip(hidden.chunk(num_chunks, dim=1), targets.chunk(num_chunks, dim=1)):
+        total = total + torch.utils.checkpoint.checkpoint(
+            _chunk_logprobs, h, project, t, ignore_index, use_reentrant=False
+        )
+    return total
+
+
+def _chunk_logprobs(
+    hidden: torch.Tensor, project: Projection, targets: torch.Tensor, ignore_index: int
+) -> torch.Tensor:
+    logits = project(hidden).float()  # [b, chunk, vocab]
+    nll = F.cross_entropy(  # ignored positions come out as 0
+        logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index, reduction="none"
+    )
+    return -nll.view(targets.shape).sum(dim=1)
+
+
+class DPOLoss:
+    """Direct Preference Optimization (Rafailov et al., 2023), per preference pair.
+
+    With log-ratios ``r_c = log pi(chosen) - log ref(chosen)`` and ``r_r`` likewise for the
+    rejected response, the loss is ``-log sigmoid(beta (r_c - r_r))``. ``label_smoothing``
+    (eps, conservative DPO) assumes a fraction eps of the labels are flipped:
+    ``-(1 - eps) log sigmoid(beta z) - eps log sigmoid(-beta z)``.
+
+    Called with four [b] tensors of sequence log-probabilities (``sequence_logprobs``); returns
+    (losses [b], chosen rewards [b], rejected rewards [b]), the rewards being ``beta r`` (the
+    implicit reward of the DPO paper), detached.
+    """
+
+    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0):
+        if beta <= 0:
+            raise ValueError(f"loss.beta must be > 0, got {beta}")
+        if not 0 <= label_smoothing < 0.5:
+            raise ValueError(f"loss.label_smoothing must be in [0, 0.5), got {label_smoothing}")
+        self.beta = beta
+        self.label_smoothing = label_smoothing
+
+    def __call__(
+        self,
+        policy_chosen: torch.Tensor,
+        policy_rejected: torch.Tensor,
+        reference_chosen: torch.Tensor,
+        reference_rejected: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        chosen_ratio = policy_chosen - reference_chosen
+        rejected_ratio = policy_rejected - reference_rejected
+        z = self.beta * (chosen_ratio - rejected_ratio)
+        eps = self.label_smoothing
+        losses = -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
+        return losses, self.beta * chosen_ratio.detach(), self.beta * rejected_ratio.detach()

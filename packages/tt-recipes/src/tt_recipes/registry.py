@@ -26,6 +26,7 @@ from tt_recipes.config._errors import did_you_mean
 RECIPES: dict[str, str] = {
     "full_finetune": "tt_recipes.recipes.full_finetune",
     "lora_finetune": "tt_recipes.recipes.lora_finetune",
+    "dpo": "tt_recipes.recipes.dpo",
     "generate": "tt_recipes.recipes.generate",
 }
 
@@ -37,6 +38,9 @@ TORCHTUNE_ALIASES: dict[str, str] = {
     "lora_finetune_distributed": "lora_finetune",
     "qlora_finetune_single_device": "lora_finetune",
     "qlora_finetune_distributed": "lora_finetune",
+    "lora_dpo_single_device": "dpo",
+    "lora_dpo_distributed": "dpo",
+    "full_dpo_distributed": "dpo",
     "dev/generate_v2": "generate",
 }
 
@@ -44,6 +48,7 @@ TORCHTUNE_ALIASES: dict[str, str] = {
 CONFIGS: dict[str, str] = {
     "tiny/full": "full_finetune",
     "tiny/lora": "lora_finetune",
+    "tiny/dpo": "dpo",
     "tiny/generate": "generate",
     # Real models: weights from `tt download <repo>` (each file's header names the repo).
     "llama3_2/1B_full": "full_finetune",

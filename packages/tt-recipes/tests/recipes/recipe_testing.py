@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 from tt_recipes.config import prepare_config
@@ -66,3 +67,31 @@ def assert_peft_adapter_equals_merged(base_dir: Path, step_dir: Path, seed: int 
     tokens = torch.randint(0, 456, (2, 12), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         torch.testing.assert_close(adapted(tokens).logits, merged(tokens).logits, atol=1e-4, rtol=0)
+
+
+def write_preference_pairs(path: Path, n: int, seed: int) -> Path:
+    """A JSONL of sum questions where a direct answer is preferred over a refusal: a style
+    preference that a weakly trained tiny model learns in a few dozen DPO steps."""
+    rng = random.Random(seed)
+    with path.open("w") as f:
+        for _ in range(n):
+            a, b = rng.randint(0, 20), rng.randint(0, 20)
+            row = {"prompt": f"What is {a} + {b}?", "chosen": str(a + b), "rejected": "no idea"}
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def preference_file_overrides(root: Path, train_pairs: int, val_pairs: int = 128) -> list[str]:
+    """tiny/dpo overrides that read train/validation pairs from JSONL files written here."""
+    train = write_preference_pairs(root / "train.jsonl", train_pairs, seed=0)
+    val = write_preference_pairs(root / "val.jsonl", val_pairs, seed=1)
+    return [
+        "dataset=null",
+        "dataset._component_=tt_data.preference_dataset",
+        "dataset.source=json",
+        f"dataset.data_files={train}",
+        "dataset_val=null",
+        "dataset_val._component_=tt_data.preference_dataset",
+        "dataset_val.source=json",
+        f"dataset_val.data_files={val}",
+    ]

@@ -9,8 +9,10 @@ import torch
 from tt_recipes.losses import (
     IGNORE_INDEX,
     ChunkedCrossEntropy,
+    DPOLoss,
     chunked_cross_entropy_sum,
     cross_entropy_sum,
+    sequence_logprobs,
     shift_labels,
 )
 from tt_recipes.lr_schedulers import constant_with_warmup, cosine_with_warmup
@@ -25,6 +27,68 @@ def test_cross_entropy_sum_by_hand() -> None:
     assert cross_entropy_sum(logits, targets).item() == pytest.approx(expected, rel=1e-6)
     masked = torch.tensor([[1, IGNORE_INDEX]])
     assert cross_entropy_sum(logits, masked).item() == pytest.approx(math.log(2.0), rel=1e-6)
+
+
+def test_sequence_logprobs_by_hand() -> None:
+    # vocab 2, identity projection. Row 0: logits (0, 0) on token 1 -> log 1/2, then
+    # (ln 3, 0) on token 0 -> log 3/4. Row 1: the first position is not trained.
+    hidden = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0]], [[0.0, 0.0], [0.0, math.log(3.0)]]])
+    targets = torch.tensor([[1, 0], [IGNORE_INDEX, 0]])
+    got = sequence_logprobs(hidden, lambda h: h, targets, num_chunks=2)
+    want = [math.log(0.5) + math.log(0.75), math.log(0.25)]
+    assert got.tolist() == pytest.approx(want, rel=1e-6)
+
+
+def test_sequence_logprobs_gradients_equal_unchunked() -> None:
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 11, 8, requires_grad=True)
+    weight = torch.randn(20, 8)
+    targets = torch.randint(0, 20, (3, 11))
+    targets[:, :3] = IGNORE_INDEX
+    logprobs = torch.log_softmax(hidden @ weight.T, dim=-1)
+    mask = targets != IGNORE_INDEX
+    picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    want = (picked * mask).sum(dim=1)
+    (want * torch.tensor([1.0, -2.0, 0.5])).sum().backward()
+    want_grad, hidden.grad = hidden.grad.clone(), None
+    got = sequence_logprobs(hidden, lambda h: h @ weight.T, targets, num_chunks=4)
+    (got * torch.tensor([1.0, -2.0, 0.5])).sum().backward()
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(hidden.grad, want_grad)
+
+
+def test_dpo_loss_by_hand() -> None:
+    # log-ratios: chosen -1.0 - (-1.5) = 0.5, rejected -2.0 - (-1.5) = -0.5; beta 0.5 -> z = 0.5
+    args = [torch.tensor([v]) for v in (-1.0, -2.0, -1.5, -1.5)]
+    losses, chosen, rejected = DPOLoss(beta=0.5)(*args)
+    assert losses.item() == pytest.approx(math.log(1 + math.exp(-0.5)), rel=1e-6)  # -log sig(z)
+    assert (chosen.item(), rejected.item()) == pytest.approx((0.25, -0.25))
+    smoothed, _, _ = DPOLoss(beta=0.5, label_smoothing=0.1)(*args)
+    want = 0.9 * math.log(1 + math.exp(-0.5)) + 0.1 * math.log(1 + math.exp(0.5))
+    assert smoothed.item() == pytest.approx(want, rel=1e-6)
+    # policy == reference: every pair starts at ln 2
+    same = torch.tensor([-3.0, -7.0])
+    assert DPOLoss()(same, same - 1, same, same - 1)[0].tolist() == pytest.approx([math.log(2)] * 2)
+
+
+def test_dpo_loss_gradient_pushes_chosen_up_and_rejected_down() -> None:
+    chosen, rejected = (
+        torch.tensor([-2.0], requires_grad=True),
+        torch.tensor([-2.0], requires_grad=True),
+    )
+    DPOLoss(beta=0.1)(chosen, rejected, torch.tensor([-2.0]), torch.tensor([-2.0]))[
+        0
+    ].sum().backward()
+    assert chosen.grad.item() == pytest.approx(-0.05) and rejected.grad.item() == pytest.approx(
+        0.05
+    )
+
+
+def test_dpo_loss_refuses_bad_settings() -> None:
+    with pytest.raises(ValueError, match="loss.beta must be > 0, got 0"):
+        DPOLoss(beta=0)
+    with pytest.raises(ValueError, match=r"loss.label_smoothing must be in \[0, 0.5\), got 0.5"):
+        DPOLoss(label_smoothing=0.5)
 
 
 @pytest.mark.parametrize("num_chunks", [1, 3, 8])

@@ -112,6 +112,15 @@ SPEC = RecipeSpec(
 
 
 @dataclass
+class StepResult:
+    """What one optimizer step's forward/backward passes report, summed over all ranks."""
+
+    loss: float  # the loss as normalised for the gradient (per trained token for SFT)
+    tokens: int  # tokens processed (padding included), for throughput
+    metrics: dict[str, float] = field(default_factory=dict)  # logged beside the loss
+
+
+@dataclass
 class Run:
     """Everything the loop needs, built once by ``setup``."""
 
@@ -135,6 +144,12 @@ class Run:
     save_model: Callable[[Run, Path, dict | None], None]
     # True when only trainable parameters go into the resumable state (adapters).
     trainable_state_only: bool = False
+    # Forward and backward over one step's micro-batches (another objective replaces it, e.g.
+    # DPO), and the validation pass; both default to supervised fine-tuning.
+    forward_backward: Callable[[Run, list[dict[str, torch.Tensor]]], StepResult] = field(
+        default=lambda run, micro_batches: sft_forward_backward(run, micro_batches)
+    )
+    evaluate: Callable[[Run], dict[str, float]] = field(default=lambda run: validate(run))
     step: int = 0
     history: list[float] = field(default_factory=list)
 
@@ -153,12 +168,14 @@ def setup(
     prepare_model: Callable[[torch.nn.Module, DictConfig], torch.nn.Module] | None,
     save_model: Callable[[Run, Path, dict | None], None],
     trainable_state_only: bool = False,
+    collate: Callable[..., dict[str, torch.Tensor]] | None = None,
 ) -> Run:
     """Processes, model (+ ``prepare_model``), data, optimizer, schedule, loss, logger, resume.
 
     ``prepare_model`` attaches adapters (or anything else) before sharding. A multi-process
     run from a checkpoint builds the model on the meta device, shards it and lets each rank
-    materialise only its own shards of the weights (NF4 QLoRA bases included).
+    materialise only its own shards of the weights (NF4 QLoRA bases included). ``collate``
+    (called with a list of samples and ``pad_id=``) defaults to padded/packed SFT batches.
     """
     training.setup_logging()
     dist = tt_dist.init_distributed(device=cfg.device)
@@ -186,7 +203,7 @@ def setup(
     )
 
     tokenizer = instantiate(cfg.tokenizer)
-    collate = partial(_collate, pad_id=tokenizer.pad_id)
+    collate = partial(collate or _collate, pad_id=tokenizer.pad_id)
     dataset = training.build_dataset(cfg.dataset, tokenizer)
     shard = {"rank": dist.rank, "world_size": dist.world_size}
     loader, sampler = training.build_dataloader(
@@ -308,19 +325,19 @@ def train(run: Run) -> None:
             batches = iter(run.loader)
             for _ in range(first, run.steps_per_epoch):
                 micro_batches = [next(batches) for _ in range(ga)]
-                loss, tokens, grad_norm = optimizer_step(run, micro_batches)
+                result, grad_norm = optimizer_step(run, micro_batches)
                 run.step += 1
-                window_tokens += tokens
+                window_tokens += result.tokens
                 progress.update(1)
-                progress.set_postfix(loss=f"{loss:.4f}")
-                training.check_finite(loss, run.step, cfg.output_dir)
-                run.history.append(loss)
+                progress.set_postfix(loss=f"{result.loss:.4f}")
+                training.check_finite(result.loss, run.step, cfg.output_dir)
+                run.history.append(result.loss)
                 if run.step % cfg.log_every_n_steps == 0 or run.step == 1:
                     elapsed = time.perf_counter() - window_start
-                    log_metrics(run, loss, grad_norm, window_tokens / max(elapsed, 1e-9))
+                    log_metrics(run, result, grad_norm, window_tokens / max(elapsed, 1e-9))
                     window_start, window_tokens = time.perf_counter(), 0
                 if _due(run.step, cfg.run_val_every_n_steps) and run.val_loader is not None:
-                    run.logger.log_dict({"val_loss": validate(run)}, step=run.step)
+                    run.logger.log_dict(run.evaluate(run), step=run.step)
                 if _due(run.step, cfg.save_every_n_steps) and run.step < run.total_steps:
                     save_checkpoint(run)
         save_checkpoint(run)
@@ -331,15 +348,45 @@ def train(run: Run) -> None:
 
 def optimizer_step(
     run: Run, micro_batches: list[dict[str, torch.Tensor]]
-) -> tuple[float, int, float | None]:
-    """Forward/backward every micro-batch, then one optimizer step.
+) -> tuple[StepResult, float | None]:
+    """``run.forward_backward`` over every micro-batch, then clip, step and schedule.
+
+    Returns the step's result and the gradient norm before clipping (None without clipping).
+    """
+    model, cfg = run.model, run.cfg
+    result = run.forward_backward(run, micro_batches)
+    grad_norm = None
+    if cfg.clip_grad_norm is not None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        grad_norm = training.full_value(torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm))
+    run.optimizer.step()  # no-op with optimizer_in_bwd: every parameter stepped in backward
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.scheduler is not None:
+        run.scheduler.step()
+        share_scheduled_lr(run.optimizer, run.scheduler)
+    return result, grad_norm
+
+
+def forward_hidden(run: Run, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's last hidden states for a batch (activations offloaded when configured)."""
+    with tt_dist.activation_offloading(run.cfg.enable_activation_offloading, run.dist.device):
+        return run.model(
+            batch["tokens"],
+            mask=batch.get("mask"),
+            input_pos=batch.get("input_pos"),
+            return_hidden=True,
+        )
+
+
+def sft_forward_backward(run: Run, micro_batches: list[dict[str, torch.Tensor]]) -> StepResult:
+    """Cross-entropy on the labelled tokens, normalised over the whole step.
 
     Each micro-batch's summed loss is divided by the trained tokens of ALL micro-batches of
     the step on ALL ranks, so the gradient is the mean over tokens however the batch is split
-    (FSDP averages gradients over ranks, hence the ``world_size`` factor).
-    Returns (mean loss per trained token, tokens processed, grad norm or None), all global.
+    (FSDP averages gradients over ranks, hence the ``world_size`` factor). The loss's saved
+    tensors are the first that backward reads, so they are not offloaded.
     """
-    model, cfg, world = run.model, run.cfg, run.dist.world_size
+    world = run.dist.world_size
     local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
     trained = int(training.sum_over_ranks(local))
     if trained == 0:
@@ -350,38 +397,21 @@ def optimizer_step(
     total_loss = 0.0
     for batch in micro_batches:
         batch = {k: v.to(run.dist.device) for k, v in batch.items()}
-        with tt_dist.activation_offloading(cfg.enable_activation_offloading, run.dist.device):
-            hidden = model(
-                batch["tokens"],
-                mask=batch.get("mask"),
-                input_pos=batch.get("input_pos"),
-                return_hidden=True,
-            )
-        # The loss's saved tensors are the first that backward reads: offloading them would
-        # only add two copies.
-        loss_sum = run.loss_fn(hidden, model.logits_from_hidden, shift_labels(batch["labels"]))
+        hidden = forward_hidden(run, batch)
+        targets = shift_labels(batch["labels"])
+        loss_sum = run.loss_fn(hidden, run.model.logits_from_hidden, targets)
         (loss_sum * (world / trained)).backward()
         total_loss += loss_sum.item()
-    grad_norm = None
-    if cfg.clip_grad_norm is not None:
-        params = [p for p in model.parameters() if p.requires_grad]
-        grad_norm = training.full_value(torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm))
-    run.optimizer.step()  # no-op with optimizer_in_bwd: every parameter stepped in backward
-    run.optimizer.zero_grad(set_to_none=True)
-    if run.scheduler is not None:
-        run.scheduler.step()
-        share_scheduled_lr(run.optimizer, run.scheduler)
     tokens = sum(int(b["tokens"].numel()) for b in micro_batches)
-    return (
-        training.sum_over_ranks(total_loss) / trained,
-        int(training.sum_over_ranks(tokens)),
-        grad_norm,
+    return StepResult(
+        loss=training.sum_over_ranks(total_loss) / trained,
+        tokens=int(training.sum_over_ranks(tokens)),
     )
 
 
 @torch.no_grad()
-def validate(run: Run) -> float:
-    """Mean loss per trained token over the whole validation set."""
+def validate(run: Run) -> dict[str, float]:
+    """``val_loss``: mean loss per trained token over the whole validation set."""
     run.model.eval()
     total, count = 0.0, 0
     for batch in run.val_loader:
@@ -396,12 +426,13 @@ def validate(run: Run) -> float:
         total += run.loss_fn(hidden, run.model.logits_from_hidden, targets).item()
         count += int((targets != IGNORE_INDEX).sum())
     run.model.train()
-    return training.sum_over_ranks(total) / max(training.sum_over_ranks(count), 1)
+    return {"val_loss": training.sum_over_ranks(total) / max(training.sum_over_ranks(count), 1)}
 
 
-def log_metrics(run: Run, loss: float, grad_norm: float | None, tokens_per_s: float) -> None:
+def log_metrics(run: Run, result: StepResult, grad_norm: float | None, tokens_per_s: float) -> None:
     metrics = {
-        "loss": loss,
+        "loss": result.loss,
+        **result.metrics,
         "lr": run.schedule_optimizer.param_groups[0]["lr"],
         "tokens_per_s": tokens_per_s,
     }
