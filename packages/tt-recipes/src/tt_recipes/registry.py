@@ -54,6 +54,7 @@ CONFIGS: dict[str, str] = {
     "llama3_2/1B_full": "full_finetune",
     "llama3_2/1B_lora": "lora_finetune",
     "llama3_2/1B_qlora": "lora_finetune",
+    "llama3_2/1B_lora_dpo": "dpo",
     "llama3_1/8B_lora": "lora_finetune",
     "qwen2_5/0.5B_full": "full_finetune",
     "qwen2_5/0.5B_lora": "lora_finetune",

@@ -1,7 +1,8 @@
 """Full-parameter fine-tuning of a decoder, on one device or on N processes (FSDP2).
 
 Read top to bottom: ``recipe_main`` sets up the run, ``train`` is the loop. ``lora_finetune``
-reuses this loop with adapters attached; only model preparation and saving differ. The same
+reuses this loop with adapters attached (only model preparation and saving differ), ``dpo``
+with a preference objective (its own ``forward_backward``). The same
 code runs in one process and under torchrun: with a process group the model is sharded per
 transformer block, each rank reads its share of every batch, and the loss is normalised by the
 trained tokens of all ranks, so N processes x batch b follow 1 process x batch N*b.
