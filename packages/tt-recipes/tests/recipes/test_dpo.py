@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -47,11 +48,15 @@ def run_dpo(out: Path, checkpoint: Path, *overrides: str) -> dict[int, dict[str,
     return records(out / "logs", "loss")
 
 
-@pytest.mark.parametrize("peft", ["lora", "full"])
+@pytest.mark.parametrize("peft", ["lora", "qlora", "full"])
 def test_dpo_starts_at_ln2_and_learns_the_preference(
     tiny_full_run: Path, tmp_path: Path, pair_files: list[str], peft: str
 ) -> None:
-    overrides = ["peft=null", "optimizer.lr=1e-4"] if peft == "full" else []
+    overrides = {
+        "lora": [],
+        "qlora": ["peft.quantize_base=true"],  # the reference is the NF4 base
+        "full": ["peft=null", "optimizer.lr=1e-4"],
+    }[peft]
     train = run_dpo(tmp_path, tiny_full_run, *pair_files, *overrides)
     first = train[1]
     # the adapters start at zero / the copy equals the policy: every pair scores z = 0
@@ -65,7 +70,7 @@ def test_dpo_starts_at_ln2_and_learns_the_preference(
     assert val[40]["val_loss"] < val[20]["val_loss"] < math.log(2)
     assert val[40]["val_rewards/accuracy"] > 0.9
     (step_dir,) = complete_step_dirs(tmp_path)
-    assert (step_dir / "adapter").is_dir() == (peft == "lora")
+    assert (step_dir / "adapter").is_dir() == (peft != "full")
     trained = from_pretrained(step_dir).state_dict()
     start = from_pretrained(complete_step_dirs(tiny_full_run)[-1]).state_dict()
     assert any(not torch.equal(trained[k], start[k]) for k in start), "no weight changed"
@@ -92,6 +97,29 @@ def test_dpo_micro_batches_give_the_updates_of_the_whole_batch(
     assert a[3] != pytest.approx(math.log(2), abs=1e-3), "the policy did not move"
     for step in a:
         assert a[step] == pytest.approx(b[step], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("peft", ["lora", "full"])
+def test_dpo_resumes_with_the_losses_of_an_uninterrupted_run(
+    tiny_full_run: Path, tmp_path: Path, pair_files: list[str], peft: str
+) -> None:
+    """Resuming rebuilds the reference from the starting model, not from the checkpoint."""
+    common = [
+        *pair_files,
+        "max_steps_per_epoch=6",
+        "batch_size=8",
+        "save_every_n_steps=3",
+        "~dataset_val",
+        "run_val_every_n_steps=null",
+        *(["peft=null", "optimizer.lr=1e-4"] if peft == "full" else []),
+    ]
+    uninterrupted = run_dpo(tmp_path, tiny_full_run, *common)
+    shutil.rmtree(tmp_path / "step_6")  # as if the run had died after saving step 3
+    resumed = run_dpo(tmp_path, tiny_full_run, *common, "resume_from_checkpoint=true")
+    assert sorted(resumed) == list(range(1, 7))
+    assert resumed[6]["loss"] < resumed[1]["loss"]
+    for step in (4, 5, 6):  # the resumed run's records come last in the log
+        assert resumed[step]["loss"] == pytest.approx(uninterrupted[step]["loss"], rel=1e-6)
 
 
 def test_dpo_refuses_sft_data_and_a_missing_starting_model(
