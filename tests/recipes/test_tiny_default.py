@@ -28,10 +28,16 @@ def tt(*args: str, cwd: Path) -> str:
 
 
 @pytest.mark.timeout(1200)
-def test_tiny_full_then_lora_then_generate_then_dpo(tmp_path: Path) -> None:
+def test_tiny_full_then_eval_lora_generate_and_dpo(tmp_path: Path) -> None:
     tt("run", "full_finetune", "--config", "tiny/full", cwd=tmp_path)
     full = losses(tmp_path / "outputs" / "tiny_full" / "logs")
     assert full[1] > 5.0 and full[1000] < 0.1, f"tiny/full: {full[1]} -> {full[1000]}"
+
+    tt("run", "evaluate", "--config", "tiny/eval", cwd=tmp_path)
+    results = json.loads((tmp_path / "outputs" / "tiny_eval" / "results.json").read_text())
+    # measured: 0.99 and 1.00 on 200 held-out sums
+    assert results["results"]["tiny_arithmetic"]["exact_match,none"] >= 0.9, results
+    assert results["results"]["tiny_arithmetic_mc"]["acc,none"] >= 0.95, results
 
     tt("run", "lora_finetune", "--config", "tiny/lora", cwd=tmp_path)
     lora = losses(tmp_path / "outputs" / "tiny_lora" / "logs")

@@ -28,6 +28,7 @@ RECIPES: dict[str, str] = {
     "lora_finetune": "tt_recipes.recipes.lora_finetune",
     "dpo": "tt_recipes.recipes.dpo",
     "generate": "tt_recipes.recipes.generate",
+    "evaluate": "tt_recipes.recipes.evaluate",
 }
 
 # torchtune recipe name -> tt recipe: tt's recipes run on one device or many.
@@ -42,6 +43,7 @@ TORCHTUNE_ALIASES: dict[str, str] = {
     "lora_dpo_distributed": "dpo",
     "full_dpo_distributed": "dpo",
     "dev/generate_v2": "generate",
+    "eleuther_eval": "evaluate",
 }
 
 # Bundled config name ("group/name") -> the recipe it is for.
@@ -50,11 +52,13 @@ CONFIGS: dict[str, str] = {
     "tiny/lora": "lora_finetune",
     "tiny/dpo": "dpo",
     "tiny/generate": "generate",
+    "tiny/eval": "evaluate",
     # Real models: weights from `tt download <repo>` (each file's header names the repo).
     "llama3_2/1B_full": "full_finetune",
     "llama3_2/1B_lora": "lora_finetune",
     "llama3_2/1B_qlora": "lora_finetune",
     "llama3_2/1B_lora_dpo": "dpo",
+    "llama3_2/1B_eval": "evaluate",
     "llama3_1/8B_lora": "lora_finetune",
     "qwen2_5/0.5B_full": "full_finetune",
     "qwen2_5/0.5B_lora": "lora_finetune",
