@@ -47,21 +47,33 @@ def chunked_cross_entropy_sum(
     hidden: [b, s, dim]; targets: [b, s] already shifted.
     Returns a 0-dim fp32 tensor (sum over non-ignored positions).
     """
-    total = hidden.new_zeros((), dtype=torch.float32)
+    return _row_nll_sums(hidden, project, targets, num_chunks, ignore_index).sum()
+
+
+def _row_nll_sums(
+    hidden: torch.Tensor,
+    project: Projection,
+    targets: torch.Tensor,
+    num_chunks: int,
+    ignore_index: int,
+) -> torch.Tensor:
+    """Per-row summed negative log-likelihood [b], one checkpointed sequence chunk at a time."""
+    total = hidden.new_zeros(hidden.shape[0], dtype=torch.float32)
     for h, t in zip(hidden.chunk(num_chunks, dim=1), targets.chunk(num_chunks, dim=1)):
         total = total + torch.utils.checkpoint.checkpoint(
-            _chunk_loss, h, project, t, ignore_index, use_reentrant=False
+            _chunk_row_nll, h, project, t, ignore_index, use_reentrant=False
         )
     return total
 
 
-def _chunk_loss(
+def _chunk_row_nll(
     hidden: torch.Tensor, project: Projection, targets: torch.Tensor, ignore_index: int
 ) -> torch.Tensor:
     logits = project(hidden).float()  # [b, chunk, vocab]
-    return F.cross_entropy(
-        logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index, reduction="sum"
+    nll = F.cross_entropy(  # ignored positions come out as 0
+        logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index, reduction="none"
     )
+    return nll.view(targets.shape).sum(dim=1)
 
 
 def cross_entropy_sum(
@@ -117,22 +129,7 @@ def sequence_logprobs(
 
     hidden: [b, s, dim]; targets: [b, s] already shifted. Returns [b] fp32.
     """
-    total = hidden.new_zeros(hidden.shape[0], dtype=torch.float32)
-    for h, t in zip(hidden.chunk(num_chunks, dim=1), targets.chunk(num_chunks, dim=1)):
-        total = total + torch.utils.checkpoint.checkpoint(
-            _chunk_logprobs, h, project, t, ignore_index, use_reentrant=False
-        )
-    return total
-
-
-def _chunk_logprobs(
-    hidden: torch.Tensor, project: Projection, targets: torch.Tensor, ignore_index: int
-) -> torch.Tensor:
-    logits = project(hidden).float()  # [b, chunk, vocab]
-    nll = F.cross_entropy(  # ignored positions come out as 0
-        logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index, reduction="none"
-    )
-    return -nll.view(targets.shape).sum(dim=1)
+    return -_row_nll_sums(hidden, project, targets, num_chunks, ignore_index)
 
 
 class DPOLoss:
