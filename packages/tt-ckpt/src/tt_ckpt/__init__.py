@@ -15,7 +15,13 @@ from tt_ckpt.errors import (
     UnknownFamilyError,
     UnknownKeyError,
 )
-from tt_ckpt.hf import load_hf_checkpoint, parse_size, read_hf_config, save_hf_checkpoint
+from tt_ckpt.hf import (
+    copy_auxiliary_files,
+    load_hf_checkpoint,
+    parse_size,
+    read_hf_config,
+    save_hf_checkpoint,
+)
 from tt_ckpt.hub import download
 from tt_ckpt.keymaps import (
     FAMILIES,
@@ -44,6 +50,7 @@ __all__ = [
     "UnknownKeyError",
     "atomic_directory",
     "check_shapes",
+    "copy_auxiliary_files",
     "download",
     "get_keymap",
     "hf_to_tt",

@@ -241,7 +241,10 @@ def _write_weights(tensors: Mapping[str, torch.Tensor], out: Path, max_bytes: in
     (out / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
 
 
-def _copy_auxiliary_files(source_dir: Path, out: Path) -> list[str]:
+def copy_auxiliary_files(source_dir: str | Path, out: str | Path) -> list[str]:
+    """Copy the tokenizer, generation-config and chat-template files of a model directory
+    (``AUXILIARY_FILE_PATTERNS``) into ``out``; returns the names copied."""
+    source_dir, out = Path(source_dir), Path(out)
     copied = []
     for pattern in AUXILIARY_FILE_PATTERNS:
         for path in sorted(source_dir.glob(pattern)):
@@ -288,7 +291,7 @@ def save_hf_checkpoint(
     out_dir = Path(out_dir)
     with atomic_directory(out_dir) as tmp:
         if source_dir is not None:
-            _copy_auxiliary_files(Path(source_dir), tmp)
+            copy_auxiliary_files(source_dir, tmp)
         _write_weights(tensors, tmp, max_bytes)
         text = json.dumps(config, indent=2, sort_keys=True) + "\n"
         (tmp / "config.json").write_text(text, encoding="utf-8")

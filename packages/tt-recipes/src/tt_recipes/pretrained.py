@@ -27,7 +27,7 @@ def from_pretrained(
     ``*.safetensors`` / ``pytorch_model*.bin`` present).
 
     ``dtype`` defaults to the checkpoint's own (``dtype``/``torch_dtype`` in config.json,
-    else fp32).
+    else fp32). A directory written by the ``quantize`` recipe comes back quantized.
 
     Example::
 
@@ -35,6 +35,10 @@ def from_pretrained(
     """
     config = read_hf_config(checkpoint_dir)
     dtype = resolve_dtype(dtype) or _checkpoint_dtype(config)
+    from tt_recipes.quantization import CONFIG_FIELD, load_quantized
+
+    if CONFIG_FIELD in config:  # written by the quantize recipe
+        return load_quantized(checkpoint_dir, config, dtype, device)
     model = build_model(from_hf_config(config), device="meta", dtype=dtype)
     _, state_dict = load_hf_checkpoint(checkpoint_dir, dtype=dtype, device=device, files=files)
     load_weights(model, state_dict, source=str(checkpoint_dir))

@@ -29,6 +29,7 @@ RECIPES: dict[str, str] = {
     "dpo": "tt_recipes.recipes.dpo",
     "generate": "tt_recipes.recipes.generate",
     "evaluate": "tt_recipes.recipes.evaluate",
+    "quantize": "tt_recipes.recipes.quantize",
 }
 
 # torchtune recipe name -> tt recipe: tt's recipes run on one device or many.
@@ -53,6 +54,7 @@ CONFIGS: dict[str, str] = {
     "tiny/dpo": "dpo",
     "tiny/generate": "generate",
     "tiny/eval": "evaluate",
+    "tiny/quantize": "quantize",
     # Real models: weights from `tt download <repo>` (each file's header names the repo).
     "llama3_2/1B_full": "full_finetune",
     "llama3_2/1B_lora": "lora_finetune",

@@ -1,0 +1,121 @@
+"""Post-training quantization with torchao, saved so that ``from_pretrained`` restores it.
+
+A quantized model directory holds ``config.json`` (the model's HF config plus a
+``tt_quantization`` field: the torchao config as a ``_component_`` mapping), the tokenizer
+files, and ``quantized_model.pt``: the tt state dict with torchao's quantized tensors
+(``torch.save``; it loads with ``weights_only=True``). transformers cannot load this
+directory; tt's ``from_pretrained`` (so ``generate`` and ``evaluate``) can.
+
+    model = from_pretrained("outputs/tiny_full/step_1000")
+    quantize(model, {"_component_": "torchao.quantization.Int8WeightOnlyConfig"})
+    save_quantized(model, "outputs/tiny_int8", quantizer=..., source_dir=...)
+    model = from_pretrained("outputs/tiny_int8")  # quantized again, same tensors
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from tt_ckpt import atomic_directory, copy_auxiliary_files
+from tt_models import build_model, from_hf_config, to_hf_config
+
+from tt_recipes.config import instantiate
+
+QUANTIZED_WEIGHTS = "quantized_model.pt"
+CONFIG_FIELD = "tt_quantization"
+
+
+def torchao_config(quantizer: Mapping[str, Any]) -> Any:
+    """Instantiate a ``_component_`` mapping and check that it is a torchao quantization
+    config (``torchao.quantization.Int8WeightOnlyConfig``, ``IntxWeightOnlyConfig``, ...)."""
+    from torchao.core.config import AOBaseConfig
+
+    config = instantiate(quantizer)
+    if not isinstance(config, AOBaseConfig):
+        raise TypeError(
+            f"quantizer: {quantizer.get('_component_')!r} built a {type(config).__name__}, not a "
+            "torchao quantization config; use e.g. torchao.quantization.Int8WeightOnlyConfig, "
+            "Int8DynamicActivationInt8WeightConfig or IntxWeightOnlyConfig"
+        )
+    return config
+
+
+def quantize(model: torch.nn.Module, quantizer: Mapping[str, Any]) -> int:
+    """Quantize every ``nn.Linear`` of ``model`` in place (embeddings and norms keep their
+    dtype); returns how many layers were quantized."""
+    from torchao.quantization import quantize_
+
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    quantize_(model, torchao_config(quantizer))
+    return linears
+
+
+def save_quantized(
+    model: torch.nn.Module,
+    output_dir: str | Path,
+    *,
+    quantizer: Mapping[str, Any],
+    source_dir: str | Path | None = None,
+    config_updates: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a quantized model directory (atomically); tokenizer files come from
+    ``source_dir``."""
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    config = to_hf_config(model.config, dtype=dtype)
+    if source_dir is not None and (Path(source_dir) / "config.json").is_file():
+        source = json.loads((Path(source_dir) / "config.json").read_text())
+        config = {**source, **{k: v for k, v in config.items() if v is not None}}
+    config.update(config_updates or {})
+    config[CONFIG_FIELD] = dict(quantizer)
+    output_dir = Path(output_dir)
+    with atomic_directory(output_dir) as tmp:
+        if source_dir is not None:
+            copy_auxiliary_files(source_dir, tmp)
+        torch.save(model.state_dict(), tmp / QUANTIZED_WEIGHTS)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return output_dir
+
+
+def load_quantized(
+    directory: str | Path, config: Mapping[str, Any], dtype: torch.dtype, device: Any
+) -> torch.nn.Module:
+    """Rebuild the model ``config`` describes, quantize it the same way (giving its layers
+    the right tensor types) and assign the saved quantized tensors."""
+    path = Path(directory) / QUANTIZED_WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{directory}: config.json says the model is quantized ({CONFIG_FIELD}) but "
+            f"{QUANTIZED_WEIGHTS} is missing"
+        )
+    model = build_model(from_hf_config(dict(config)), device="meta", dtype=dtype)
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.zero_()  # defined values to quantize; every one is replaced below
+    quantize(model, config[CONFIG_FIELD])
+    state = torch.load(path, map_location=device, weights_only=True, mmap=True)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not fit the model of its config.json: missing {missing[:8]}, "
+            f"unexpected {unexpected[:8]}"
+        )
+    return model.eval()
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    """Bytes held by a model's parameters and buffers (quantized tensors: their packed data
+    and scales; a tied weight once)."""
+    return sum(_tensor_bytes(t) for t in [*model.parameters(), *model.buffers()])
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> int:
+    flatten = getattr(tensor, "__tensor_flatten__", None)  # torchao tensor subclasses
+    if flatten is None:
+        return tensor.numel() * tensor.element_size()
+    names, _ = flatten()
+    return sum(_tensor_bytes(getattr(tensor, name)) for name in names)
