@@ -220,6 +220,27 @@ def test_dpo_on_two_processes_matches_one(tiny_full_run: Path, tmp_path: Path, p
     assert losses(one / "logs")[6] < losses(one / "logs")[1], "DPO did not lower the loss"
 
 
+@pytest.mark.timeout(600)
+def test_distillation_on_two_processes_matches_one(tiny_full_run: Path, tmp_path: Path) -> None:
+    """A random-init student sharded after init, the teacher sharded from meta."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    common = [
+        f"teacher.checkpoint_dir={tiny_full_run}",
+        "dataset.n=192",
+        "~dataset_val",
+        "run_val_every_n_steps=null",
+        "log_every_n_steps=1",
+        "save_every_n_steps=null",
+    ]
+    out = torchrun(
+        2, "knowledge_distillation", "tiny/kd", [f"output_dir={two}", *common, "batch_size=8"]
+    )
+    assert "each process only its shards" in out  # the teacher
+    run_recipe("knowledge_distillation", "tiny/kd", [f"output_dir={one}", *common, "batch_size=16"])
+    assert_same_losses(losses(two / "logs"), losses(one / "logs"))
+    assert losses(one / "logs")[12] < losses(one / "logs")[1]
+
+
 def test_resume_with_a_different_global_batch_is_refused(tmp_path: Path) -> None:
     run_recipe(
         "full_finetune",

@@ -166,3 +166,104 @@ class DPOLoss:
         eps = self.label_smoothing
         losses = -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
         return losses, self.beta * chosen_ratio.detach(), self.beta * rejected_ratio.detach()
+
+
+# ---------------------------------------------------------------------------------------------
+# Knowledge distillation
+
+
+def chunked_kl_sum(
+    student_hidden: torch.Tensor,
+    student_project: Projection,
+    teacher_hidden: torch.Tensor,
+    teacher_project: Projection,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    num_chunks: int = 8,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """Sum over the trained positions of KL(teacher || student) of the next-token
+    distributions at ``temperature``, times ``temperature**2`` (so gradients keep their scale
+    as the temperature changes, as in Hinton et al. 2015).
+
+    Both models' logits are computed one sequence chunk at a time (the student's recomputed in
+    backward), so neither full-batch fp32 logits tensor ever exists. The teacher gets no
+    gradient. hidden states: [b, s, dim] each; targets: [b, s] already shifted (only which
+    positions are trained matters). Returns a 0-dim fp32 tensor; 0 when the models agree.
+    """
+    total = student_hidden.new_zeros((), dtype=torch.float32)
+    chunks = zip(
+        student_hidden.chunk(num_chunks, dim=1),
+        teacher_hidden.chunk(num_chunks, dim=1),
+        targets.chunk(num_chunks, dim=1),
+    )
+    for s, t, y in chunks:
+        total = total + torch.utils.checkpoint.checkpoint(
+            _chunk_kl,
+            s,
+            student_project,
+            t.detach(),
+            teacher_project,
+            y != ignore_index,
+            temperature,
+            use_reentrant=False,
+        )
+    return total * temperature**2
+
+
+def _chunk_kl(
+    student_hidden: torch.Tensor,
+    student_project: Projection,
+    teacher_hidden: torch.Tensor,
+    teacher_project: Projection,
+    trained: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    student = F.log_softmax(student_project(student_hidden).float() / temperature, dim=-1)
+    with torch.no_grad():
+        teacher = F.log_softmax(teacher_project(teacher_hidden).float() / temperature, dim=-1)
+    kl = (teacher.exp() * (teacher - student)).sum(dim=-1)  # [b, chunk]
+    return (kl * trained).sum()
+
+
+class KDLoss:
+    """Knowledge distillation: ``(1 - kd_ratio) * CE(labels) + kd_ratio * KL(teacher||student)``.
+
+    Called with the student's and teacher's last hidden states, their ``logits_from_hidden``
+    and the shifted labels; returns the summed (total, cross-entropy, KL) over the trained
+    tokens, which the recipe normalises by the trained tokens of the whole step.
+    """
+
+    def __init__(self, kd_ratio: float = 0.5, temperature: float = 1.0, num_chunks: int = 8):
+        if not 0 <= kd_ratio <= 1:
+            raise ValueError(f"loss.kd_ratio must be in [0, 1], got {kd_ratio}")
+        if temperature <= 0:
+            raise ValueError(f"loss.temperature must be > 0, got {temperature}")
+        if num_chunks < 1:
+            raise ValueError(f"loss.num_chunks must be >= 1, got {num_chunks}")
+        self.kd_ratio = kd_ratio
+        self.temperature = temperature
+        self.num_chunks = num_chunks
+
+    def __call__(
+        self,
+        student_hidden: torch.Tensor,
+        student_project: Projection,
+        teacher_hidden: torch.Tensor,
+        teacher_project: Projection,
+        targets: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ce = chunked_cross_entropy_sum(
+            student_hidden, student_project, targets, num_chunks=self.num_chunks
+        )
+        kl = chunked_kl_sum(
+            student_hidden,
+            student_project,
+            teacher_hidden,
+            teacher_project,
+            targets,
+            temperature=self.temperature,
+            num_chunks=self.num_chunks,
+        )
+        return (1 - self.kd_ratio) * ce + self.kd_ratio * kl, ce, kl

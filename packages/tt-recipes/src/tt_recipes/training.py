@@ -118,6 +118,23 @@ def load_sharded_model(
     return model.train()
 
 
+def frozen_model(cfg: DictConfig, dist: Any, checkpoint_dir: str | Path | None = None):
+    """A second model for reference or teaching: loaded from ``checkpoint_dir`` (default: the
+    run's own ``checkpointer.checkpoint_dir``), frozen, in eval mode, and sharded like the
+    trained model when there are several processes (each rank loads only its shards)."""
+    from omegaconf import OmegaConf
+
+    if checkpoint_dir is not None:
+        overrides = {"checkpoint_dir": str(checkpoint_dir), "checkpoint_files": None}
+        cfg = OmegaConf.merge(cfg, {"checkpointer": overrides})
+    dtype = get_dtype(cfg.dtype, dist.device)
+    if dist.is_distributed:
+        model = load_sharded_model(cfg, dist.device, dtype)
+    else:
+        model = build_model(cfg, dist.device, dtype)
+    return model.eval().requires_grad_(False)
+
+
 @torch.no_grad()
 def init_sharded_adapters(model: torch.nn.Module, seed: int) -> None:
     """Give sharded adapters the values ``apply_lora`` gives them in one process.

@@ -10,7 +10,9 @@ from tt_recipes.losses import (
     IGNORE_INDEX,
     ChunkedCrossEntropy,
     DPOLoss,
+    KDLoss,
     chunked_cross_entropy_sum,
+    chunked_kl_sum,
     cross_entropy_sum,
     sequence_logprobs,
     shift_labels,
@@ -89,6 +91,56 @@ def test_dpo_loss_refuses_bad_settings() -> None:
         DPOLoss(beta=0)
     with pytest.raises(ValueError, match=r"loss.label_smoothing must be in \[0, 0.5\), got 0.5"):
         DPOLoss(label_smoothing=0.5)
+
+
+def test_kl_by_hand() -> None:
+    # vocab 2, identity projections; one trained position: teacher (3/4, 1/4), student (1/2, 1/2)
+    student = torch.tensor([[[0.0, 0.0], [5.0, 1.0]]])
+    teacher = torch.tensor([[[math.log(3.0), 0.0], [0.0, 0.0]]])
+    targets = torch.tensor([[0, IGNORE_INDEX]])
+    got = chunked_kl_sum(student, lambda h: h, teacher, lambda h: h, targets, num_chunks=2)
+    want = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    assert got.item() == pytest.approx(want, rel=1e-6)
+    same = chunked_kl_sum(teacher, lambda h: h, teacher, lambda h: h, targets)
+    assert same.item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_kl_chunks_temperature_and_gradients_equal_the_unchunked_formula() -> None:
+    torch.manual_seed(0)
+    student = torch.randn(2, 9, 8, requires_grad=True)
+    teacher = torch.randn(2, 9, 8)
+    w_s, w_t = torch.randn(30, 8), torch.randn(30, 8)
+    targets = torch.randint(0, 30, (2, 9))
+    targets[:, :2] = IGNORE_INDEX
+    t = 2.0
+    log_s = torch.log_softmax(student @ w_s.T / t, -1)
+    log_t = torch.log_softmax(teacher @ w_t.T / t, -1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(-1)
+    want = (kl * (targets != IGNORE_INDEX)).sum() * t * t
+    want.backward()
+    want_grad, student.grad = student.grad.clone(), None
+    got = chunked_kl_sum(
+        student, lambda h: h @ w_s.T, teacher, lambda h: h @ w_t.T, targets,
+        temperature=t, num_chunks=4,
+    )  # fmt: skip
+    got.backward()
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(student.grad, want_grad)
+
+
+def test_kd_loss_mixes_cross_entropy_and_kl() -> None:
+    torch.manual_seed(0)
+    hidden, teacher = torch.randn(1, 5, 4), torch.randn(1, 5, 4)
+    w = torch.randn(10, 4)
+    targets = torch.randint(0, 10, (1, 5))
+    project = lambda h: h @ w.T  # noqa: E731
+    total, ce, kl = KDLoss(kd_ratio=0.25)(hidden, project, teacher, project, targets)
+    assert total.item() == pytest.approx(0.75 * ce.item() + 0.25 * kl.item(), rel=1e-6)
+    assert ce.item() == pytest.approx(cross_entropy_sum(project(hidden), targets).item(), rel=1e-6)
+    with pytest.raises(ValueError, match=r"loss.kd_ratio must be in \[0, 1\], got 1.5"):
+        KDLoss(kd_ratio=1.5)
+    with pytest.raises(ValueError, match="loss.temperature must be > 0, got 0"):
+        KDLoss(temperature=0)
 
 
 @pytest.mark.parametrize("num_chunks", [1, 3, 8])

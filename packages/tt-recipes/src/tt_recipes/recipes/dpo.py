@@ -70,7 +70,7 @@ def recipe_main(cfg: DictConfig) -> None:
             trainable_state_only=lora,
             collate=collate_pairs,
         )
-        reference = None if lora else frozen_copy(run)
+        reference = None if lora else training.frozen_model(cfg, run.dist)
         log.info(
             "Reference model: the policy with its adapters switched off"
             if lora
@@ -92,17 +92,6 @@ def collate_pairs(batch: list[dict[str, Any]], pad_id: int) -> dict[str, torch.T
             "stack_exchange_paired, synthetic_arithmetic_preference), not packed"
         )
     return padded_collate_preference(batch, pad_id=pad_id)
-
-
-def frozen_copy(run: Run) -> torch.nn.Module:
-    """The starting model again, frozen, in eval mode (sharded like the policy if it is)."""
-    cfg, device = run.cfg, run.dist.device
-    dtype = training.get_dtype(cfg.dtype, device)
-    if run.dist.is_distributed:
-        reference = training.load_sharded_model(cfg, device, dtype)
-    else:
-        reference = training.build_model(cfg, device, dtype)
-    return reference.eval().requires_grad_(False)
 
 
 @torch.no_grad()
@@ -159,8 +148,9 @@ def dpo_forward_backward(
         sums = {name: sums[name] + batch_sums[name] for name in METRICS}
     totals = {name: training.sum_over_ranks(value) for name, value in sums.items()}
     metrics = mean_metrics(totals, pairs)
-    tokens = training.sum_over_ranks(sum(int(b["tokens"].numel()) for b in micro_batches))
-    return StepResult(loss=metrics.pop("loss"), tokens=int(tokens), metrics=metrics)
+    return StepResult(
+        loss=metrics.pop("loss"), tokens=full_finetune.step_tokens(micro_batches), metrics=metrics
+    )
 
 
 @torch.no_grad()

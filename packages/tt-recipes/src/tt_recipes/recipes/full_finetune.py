@@ -388,13 +388,7 @@ def sft_forward_backward(run: Run, micro_batches: list[dict[str, torch.Tensor]])
     tensors are the first that backward reads, so they are not offloaded.
     """
     world = run.dist.world_size
-    local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
-    trained = int(training.sum_over_ranks(local))
-    if trained == 0:
-        raise ValueError(
-            f"step {run.step + 1}: no trained tokens in the batch (all labels "
-            "masked); check the dataset's masking / train_on_input settings"
-        )
+    trained = trained_tokens(run, micro_batches)
     total_loss = 0.0
     for batch in micro_batches:
         batch = {k: v.to(run.dist.device) for k, v in batch.items()}
@@ -403,16 +397,33 @@ def sft_forward_backward(run: Run, micro_batches: list[dict[str, torch.Tensor]])
         loss_sum = run.loss_fn(hidden, run.model.logits_from_hidden, targets)
         (loss_sum * (world / trained)).backward()
         total_loss += loss_sum.item()
-    tokens = sum(int(b["tokens"].numel()) for b in micro_batches)
     return StepResult(
-        loss=training.sum_over_ranks(total_loss) / trained,
-        tokens=int(training.sum_over_ranks(tokens)),
+        loss=training.sum_over_ranks(total_loss) / trained, tokens=step_tokens(micro_batches)
     )
 
 
+def trained_tokens(run: Run, micro_batches: list[dict[str, torch.Tensor]]) -> int:
+    """Labelled tokens of the whole step on all ranks: what token-level losses divide by."""
+    local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
+    trained = int(training.sum_over_ranks(local))
+    if trained == 0:
+        raise ValueError(
+            f"step {run.step + 1}: no trained tokens in the batch (all labels "
+            "masked); check the dataset's masking / train_on_input settings"
+        )
+    return trained
+
+
+def step_tokens(micro_batches: list[dict[str, torch.Tensor]]) -> int:
+    """Tokens processed in the step (padding included) on all ranks, for throughput."""
+    return int(training.sum_over_ranks(sum(int(b["tokens"].numel()) for b in micro_batches)))
+
+
 @torch.no_grad()
-def validate(run: Run) -> dict[str, float]:
-    """``val_loss``: mean loss per trained token over the whole validation set."""
+def validate(run: Run, loss_fn: Callable[..., torch.Tensor] | None = None) -> dict[str, float]:
+    """``val_loss``: mean loss per trained token over the whole validation set (``loss_fn``,
+    called like the SFT loss, defaults to the run's)."""
+    loss_fn = loss_fn or run.loss_fn
     run.model.eval()
     total, count = 0.0, 0
     for batch in run.val_loader:
@@ -424,7 +435,7 @@ def validate(run: Run) -> dict[str, float]:
             return_hidden=True,
         )
         targets = shift_labels(batch["labels"])
-        total += run.loss_fn(hidden, run.model.logits_from_hidden, targets).item()
+        total += loss_fn(hidden, run.model.logits_from_hidden, targets).item()
         count += int((targets != IGNORE_INDEX).sum())
     run.model.train()
     return {"val_loss": training.sum_over_ranks(total) / max(training.sum_over_ranks(count), 1)}
