@@ -49,6 +49,16 @@ def losses(log_dir: Path) -> dict[int, float]:
     return out
 
 
+def records(log_dir: Path, key: str) -> dict[int, dict[str, float]]:
+    """step -> the last metrics.jsonl record of that step holding ``key`` (e.g. "val_loss")."""
+    out = {}
+    for line in (log_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if key in record:
+            out[record["step"]] = record
+    return out
+
+
 def train_tiny_full(output_dir: Path) -> Path:
     """A short tiny/full run (40 steps): a trained checkpoint for LoRA and generate tests."""
     run_recipe("full_finetune", "tiny/full", [f"output_dir={output_dir}", *FAST_FULL])

@@ -5,14 +5,13 @@ the tiny default.)"""
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from recipe_testing import losses, preference_file_overrides, run_recipe
+from recipe_testing import losses, preference_file_overrides, records, run_recipe
 from tt_recipes import from_pretrained
 from tt_recipes.training import complete_step_dirs
 
@@ -28,15 +27,6 @@ FAST_DPO = [
 @pytest.fixture(scope="module")
 def pair_files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return preference_file_overrides(tmp_path_factory.mktemp("pairs"), train_pairs=1280)
-
-
-def records(log_dir: Path, key: str) -> dict[int, dict[str, float]]:
-    out = {}
-    for line in (log_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if key in record:
-            out[record["step"]] = record
-    return out
 
 
 def run_dpo(out: Path, checkpoint: Path, *overrides: str) -> dict[int, dict[str, float]]:

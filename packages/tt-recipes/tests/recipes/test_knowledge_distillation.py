@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from recipe_testing import run_recipe
+from recipe_testing import records, run_recipe
 
 FAST_KD = [
     "dataset.n=1920",  # 60 steps of 32
@@ -17,22 +16,13 @@ FAST_KD = [
 ]
 
 
-def records(log_dir: Path) -> dict[int, dict[str, float]]:
-    out = {}
-    for line in (log_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "kl" in record:
-            out[record["step"]] = record
-    return out
-
-
 def run_kd(out: Path, teacher: Path, *overrides: str) -> dict[int, dict[str, float]]:
     run_recipe(
         "knowledge_distillation",
         "tiny/kd",
         [f"output_dir={out}", f"teacher.checkpoint_dir={teacher}", *FAST_KD, *overrides],
     )
-    return records(out / "logs")
+    return records(out / "logs", "kl")
 
 
 def test_a_student_that_is_the_teacher_starts_at_zero_kl(tiny_full_run: Path, tmp_path: Path):

@@ -38,11 +38,7 @@ SPEC = RecipeSpec(
     description="Direct Preference Optimization, LoRA/QLoRA (peft) or full, on 1..N processes.",
     keys={
         **full_finetune.SFT_KEYS,
-        "peft": ConfigKey(
-            keys=lora_finetune.PEFT_KEYS,
-            default=None,
-            doc="adapter settings; null trains every parameter against a frozen copy",
-        ),
+        "peft": lora_finetune.OPTIONAL_PEFT,
         "loss": ConfigKey(
             component=True,
             required=True,
@@ -64,11 +60,7 @@ def recipe_main(cfg: DictConfig) -> None:
             )
         lora = cfg.peft is not None
         run = full_finetune.setup(
-            cfg,
-            prepare_model=lora_finetune.add_adapters if lora else None,
-            save_model=lora_finetune.save_lora_model if lora else full_finetune.save_full_model,
-            trainable_state_only=lora,
-            collate=collate_pairs,
+            cfg, **lora_finetune.optional_adapters(cfg), collate=collate_pairs
         )
         reference = None if lora else training.frozen_model(cfg, run.dist)
         log.info(

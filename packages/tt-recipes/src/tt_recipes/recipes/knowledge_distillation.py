@@ -35,9 +35,7 @@ SPEC = RecipeSpec(
             required=True,
             doc="the frozen model whose distributions the student learns",
         ),
-        "peft": ConfigKey(
-            keys=lora_finetune.PEFT_KEYS, default=None, doc="adapters on the student; null: full"
-        ),
+        "peft": lora_finetune.OPTIONAL_PEFT,
         "loss": ConfigKey(
             component=True,
             required=True,
@@ -49,13 +47,7 @@ SPEC = RecipeSpec(
 
 def recipe_main(cfg: DictConfig) -> None:
     try:
-        lora = cfg.peft is not None
-        run = full_finetune.setup(
-            cfg,
-            prepare_model=lora_finetune.add_adapters if lora else None,
-            save_model=lora_finetune.save_lora_model if lora else full_finetune.save_full_model,
-            trainable_state_only=lora,
-        )
+        run = full_finetune.setup(cfg, **lora_finetune.optional_adapters(cfg))
         source = training.resolve_checkpoint_dir(cfg.teacher.checkpoint_dir)
         teacher = training.frozen_model(cfg, run.dist, source)
         check_vocabularies(run.model, teacher, source)

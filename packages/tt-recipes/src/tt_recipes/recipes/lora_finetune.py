@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 import tt_dist
@@ -44,6 +45,11 @@ PEFT_KEYS = {
     "quantize_base": ConfigKey(bool, default=False, doc="NF4 base weights (QLoRA/QDoRA)"),
 }
 
+# For recipes that train adapters or every parameter (dpo, knowledge_distillation).
+OPTIONAL_PEFT = ConfigKey(
+    keys=PEFT_KEYS, default=None, doc="adapter settings; null trains every parameter"
+)
+
 SPEC = RecipeSpec(
     name="lora_finetune",
     description="LoRA/DoRA/QLoRA/QDoRA fine-tuning; saves a merged HF model and a PEFT adapter.",
@@ -65,6 +71,19 @@ def recipe_main(cfg: DictConfig) -> None:
         full_finetune.train(run)
     finally:
         tt_dist.destroy_distributed()
+
+
+def optional_adapters(cfg: DictConfig) -> dict[str, Any]:
+    """``full_finetune.setup`` arguments for an ``OPTIONAL_PEFT`` recipe: adapters (saved as
+    merged model + PEFT adapter, resumable state without the frozen base) when ``peft`` is
+    set, full training when it is null."""
+    if cfg.get("peft") is None:
+        return {"prepare_model": None, "save_model": full_finetune.save_full_model}
+    return {
+        "prepare_model": add_adapters,
+        "save_model": save_lora_model,
+        "trainable_state_only": True,
+    }
 
 
 def add_adapters(model: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
