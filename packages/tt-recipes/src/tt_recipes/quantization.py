@@ -44,6 +44,24 @@ def torchao_config(quantizer: Mapping[str, Any]) -> Any:
     return config
 
 
+def intx_weight_config(bits: int = 4, group_size: int = 32, int8_activations: bool = False) -> Any:
+    """A torchao config for ``bits``-bit integer weights (1..8) in groups of ``group_size``
+    along the input dimension, written with plain numbers for YAML; with
+    ``int8_activations`` the activations are quantized to int8 per token as well. Both run
+    on CPU."""
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
+    from torchao.quantization.granularity import PerGroup
+
+    if not 1 <= bits <= 8:
+        raise ValueError(f"quantizer.bits must be in 1..8, got {bits}")
+    weight_dtype = getattr(torch, f"int{bits}")
+    if int8_activations:
+        return Int8DynamicActivationIntxWeightConfig(
+            weight_dtype=weight_dtype, weight_granularity=PerGroup(group_size)
+        )
+    return IntxWeightOnlyConfig(weight_dtype=weight_dtype, granularity=PerGroup(group_size))
+
+
 def quantize(model: torch.nn.Module, quantizer: Mapping[str, Any]) -> int:
     """Quantize every ``nn.Linear`` of ``model`` in place (embeddings and norms keep their
     dtype); returns how many layers were quantized."""

@@ -31,6 +31,7 @@ RECIPES: dict[str, str] = {
     "generate": "tt_recipes.recipes.generate",
     "evaluate": "tt_recipes.recipes.evaluate",
     "quantize": "tt_recipes.recipes.quantize",
+    "qat_finetune": "tt_recipes.recipes.qat_finetune",
 }
 
 # torchtune recipe name -> tt recipe: tt's recipes run on one device or many.
@@ -48,6 +49,8 @@ TORCHTUNE_ALIASES: dict[str, str] = {
     "knowledge_distillation_distributed": "knowledge_distillation",
     "dev/generate_v2": "generate",
     "eleuther_eval": "evaluate",
+    "qat_distributed": "qat_finetune",
+    "qat_single_device": "qat_finetune",
 }
 
 # Bundled config name ("group/name") -> the recipe it is for.
@@ -59,6 +62,7 @@ CONFIGS: dict[str, str] = {
     "tiny/generate": "generate",
     "tiny/eval": "evaluate",
     "tiny/quantize": "quantize",
+    "tiny/qat": "qat_finetune",
     # Real models: weights from `tt download <repo>` (each file's header names the repo).
     "llama3_2/1B_full": "full_finetune",
     "llama3_2/1B_lora": "lora_finetune",

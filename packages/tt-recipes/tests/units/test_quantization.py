@@ -60,3 +60,36 @@ def test_a_quantized_directory_without_its_weights_is_named(float_dir: Path, tmp
     (tmp_path / QUANTIZED_WEIGHTS).unlink()
     with pytest.raises(FileNotFoundError, match="quantized_model.pt is missing"):
         from_pretrained(tmp_path)
+
+
+def test_intx_config_builds_torchao_configs_from_plain_numbers() -> None:
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
+    from tt_recipes.quantization import intx_weight_config
+
+    weights = intx_weight_config(bits=4, group_size=32)
+    assert isinstance(weights, IntxWeightOnlyConfig) and weights.weight_dtype == torch.int4
+    both = intx_weight_config(bits=2, int8_activations=True)
+    assert isinstance(both, Int8DynamicActivationIntxWeightConfig)
+    with pytest.raises(ValueError, match="quantizer.bits must be in 1..8, got 9"):
+        intx_weight_config(bits=9)
+
+
+def test_quantizing_qat_weights_equals_torchaos_convert(float_dir: Path) -> None:
+    """qat_finetune saves the float weights and quantizes them with the base config; that is
+    what torchao's QAT "convert" step produces from the fake-quantized model."""
+    from torchao.quantization import quantize_
+    from torchao.quantization.qat import QATConfig
+    from tt_recipes.quantization import intx_weight_config
+
+    spec = {"_component_": "tt_recipes.quantization.intx_weight_config", "bits": 4}
+    converted = from_pretrained(float_dir)
+    quantize_(converted, QATConfig(intx_weight_config(bits=4), step="prepare"))
+    with torch.no_grad():
+        fake = converted(TOKENS)
+    quantize_(converted, QATConfig(intx_weight_config(bits=4), step="convert"))
+    ours = from_pretrained(float_dir)
+    quantize(ours, spec)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(TOKENS), converted(TOKENS), rtol=0, atol=0)
+        # and the fake-quantized model that training saw computes the same function
+        torch.testing.assert_close(ours(TOKENS), fake, rtol=1e-4, atol=1e-4)
