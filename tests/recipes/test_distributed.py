@@ -32,6 +32,13 @@ from tt_recipes.training import complete_step_dirs
 SHORT = [*FAST_FULL, "max_steps_per_epoch=6", "save_every_n_steps=3"]
 LORA = [*FAST_LORA, "dataset.n=640", "save_every_n_steps=3", "max_steps_per_epoch=6"]
 REL = 1e-5
+# log every step, no validation, save only at the end
+EVERY_STEP_NO_VAL = [
+    "~dataset_val",
+    "run_val_every_n_steps=null",
+    "log_every_n_steps=1",
+    "save_every_n_steps=null",
+]
 
 
 def free_port() -> int:
@@ -207,10 +214,7 @@ def test_dpo_on_two_processes_matches_one(tiny_full_run: Path, tmp_path: Path, p
     common = [
         *preference_file_overrides(tmp_path, train_pairs=96),
         f"checkpointer.checkpoint_dir={tiny_full_run}",
-        "~dataset_val",
-        "run_val_every_n_steps=null",
-        "log_every_n_steps=1",
-        "save_every_n_steps=null",
+        *EVERY_STEP_NO_VAL,
         *(["peft=null", "optimizer.lr=1e-4"] if peft == "full" else []),
     ]
     out = torchrun(2, "dpo", "tiny/dpo", [f"output_dir={two}", *common, "batch_size=8"])
@@ -227,10 +231,7 @@ def test_distillation_on_two_processes_matches_one(tiny_full_run: Path, tmp_path
     common = [
         f"teacher.checkpoint_dir={tiny_full_run}",
         "dataset.n=192",
-        "~dataset_val",
-        "run_val_every_n_steps=null",
-        "log_every_n_steps=1",
-        "save_every_n_steps=null",
+        *EVERY_STEP_NO_VAL,
     ]
     out = torchrun(
         2, "knowledge_distillation", "tiny/kd", [f"output_dir={two}", *common, "batch_size=8"]
@@ -256,10 +257,7 @@ def test_qat_on_two_processes_matches_one(tiny_full_run: Path, tmp_path: Path) -
         "quantizer.bits=8",
         f"checkpointer.checkpoint_dir={tiny_full_run}",
         "dataset.n=192",
-        "~dataset_val",
-        "run_val_every_n_steps=null",
-        "log_every_n_steps=1",
-        "save_every_n_steps=null",
+        *EVERY_STEP_NO_VAL,
     ]
     out = torchrun(2, "qat_finetune", "tiny/qat", [f"output_dir={two}", *common, "batch_size=8"])
     assert "each process only its shards" in out
