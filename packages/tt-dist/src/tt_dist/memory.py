@@ -64,7 +64,7 @@ class ActivationOffloader(torch.autograd.graph.saved_tensors_hooks):
     def __init__(self, device: torch.device | str, min_bytes: int = 1 << 20) -> None:
         self.device = torch.device(device)
         self.min_bytes = min_bytes
-        self.offloaded = 0  # tensors moved to CPU so far (for tests and logs)
+        self.offloaded = 0  # tensors moved to CPU so far
         self._cuda = self.device.type == "cuda"
         self._stream = torch.cuda.Stream(self.device) if self._cuda else None
         self._saved: weakref.WeakValueDictionary[int, _Offloaded] = weakref.WeakValueDictionary()

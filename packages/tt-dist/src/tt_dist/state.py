@@ -83,7 +83,7 @@ def _nf4_parameter(key: str, target: torch.Tensor, full: torch.Tensor, device) -
     NF4's second-level scales share one mean over the whole tensor, so a shard must be cut
     from the quantized whole tensor to equal what one process holds: each rank quantizes one
     weight at a time on ``device`` (a transient full copy of that weight) and keeps a
-    compact clone of its rows. The result replaces the parameter (it cannot be copied in:
+    compact copy of its rows. The result replaces the parameter (it cannot be copied in:
     NF4's packed codes are not elementwise).
     """
     local = target.to_local() if isinstance(target, DTensor) else target

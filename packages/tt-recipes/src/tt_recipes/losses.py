@@ -172,7 +172,7 @@ class DPOLoss:
 # Knowledge distillation
 
 
-def chunked_kl_sum(
+def chunked_kd_sums(
     student_hidden: torch.Tensor,
     student_project: Projection,
     teacher_hidden: torch.Tensor,
@@ -182,17 +182,19 @@ def chunked_kl_sum(
     temperature: float = 1.0,
     num_chunks: int = 8,
     ignore_index: int = IGNORE_INDEX,
-) -> torch.Tensor:
-    """Sum over the trained positions of KL(teacher || student) of the next-token
-    distributions at ``temperature``, times ``temperature**2`` (so gradients keep their scale
-    as the temperature changes, as in Hinton et al. 2015).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy of the student on ``targets``, summed KL(teacher || student))
+    over the trained positions. The KL compares the next-token distributions at
+    ``temperature`` and is multiplied by ``temperature**2`` (so gradients keep their scale as
+    the temperature changes, as in Hinton et al. 2015).
 
-    Both models' logits are computed one sequence chunk at a time (the student's recomputed in
-    backward), so neither full-batch fp32 logits tensor ever exists. The teacher gets no
-    gradient. hidden states: [b, s, dim] each; targets: [b, s] already shifted (only which
-    positions are trained matters). Returns a 0-dim fp32 tensor; 0 when the models agree.
+    One sequence chunk at a time, the student's logits are projected once for both terms and
+    recomputed in backward; the teacher's are recomputed too (one more projection, no
+    gradient) rather than kept, so no full-batch fp32 logits tensor ever exists.
+    hidden states: [b, s, dim] each; targets: [b, s] already shifted. Returns two 0-dim fp32
+    tensors; the KL is 0 when the models agree.
     """
-    total = student_hidden.new_zeros((), dtype=torch.float32)
+    total = student_hidden.new_zeros(2, dtype=torch.float32)
     chunks = zip(
         student_hidden.chunk(num_chunks, dim=1),
         teacher_hidden.chunk(num_chunks, dim=1),
@@ -200,31 +202,37 @@ def chunked_kl_sum(
     )
     for s, t, y in chunks:
         total = total + torch.utils.checkpoint.checkpoint(
-            _chunk_kl,
+            _chunk_kd,
             s,
             student_project,
             t.detach(),
             teacher_project,
-            y != ignore_index,
+            y,
+            ignore_index,
             temperature,
             use_reentrant=False,
         )
-    return total * temperature**2
+    return total[0], total[1] * temperature**2
 
 
-def _chunk_kl(
+def _chunk_kd(
     student_hidden: torch.Tensor,
     student_project: Projection,
     teacher_hidden: torch.Tensor,
     teacher_project: Projection,
-    trained: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_index: int,
     temperature: float,
 ) -> torch.Tensor:
-    student = F.log_softmax(student_project(student_hidden).float() / temperature, dim=-1)
+    logits = student_project(student_hidden).float()  # [b, chunk, vocab]
+    ce = F.cross_entropy(
+        logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index, reduction="sum"
+    )
+    student = F.log_softmax(logits / temperature, dim=-1)
     with torch.no_grad():
         teacher = F.log_softmax(teacher_project(teacher_hidden).float() / temperature, dim=-1)
     kl = (teacher.exp() * (teacher - student)).sum(dim=-1)  # [b, chunk]
-    return (kl * trained).sum()
+    return torch.stack([ce, (kl * (targets != ignore_index)).sum()])
 
 
 class KDLoss:
@@ -254,10 +262,7 @@ class KDLoss:
         teacher_project: Projection,
         targets: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        ce = chunked_cross_entropy_sum(
-            student_hidden, student_project, targets, num_chunks=self.num_chunks
-        )
-        kl = chunked_kl_sum(
+        ce, kl = chunked_kd_sums(
             student_hidden,
             student_project,
             teacher_hidden,

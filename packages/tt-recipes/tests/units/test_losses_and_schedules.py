@@ -12,7 +12,7 @@ from tt_recipes.losses import (
     DPOLoss,
     KDLoss,
     chunked_cross_entropy_sum,
-    chunked_kl_sum,
+    chunked_kd_sums,
     cross_entropy_sum,
     sequence_logprobs,
     shift_labels,
@@ -98,10 +98,11 @@ def test_kl_by_hand() -> None:
     student = torch.tensor([[[0.0, 0.0], [5.0, 1.0]]])
     teacher = torch.tensor([[[math.log(3.0), 0.0], [0.0, 0.0]]])
     targets = torch.tensor([[0, IGNORE_INDEX]])
-    got = chunked_kl_sum(student, lambda h: h, teacher, lambda h: h, targets, num_chunks=2)
+    ce, kl = chunked_kd_sums(student, lambda h: h, teacher, lambda h: h, targets, num_chunks=2)
     want = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
-    assert got.item() == pytest.approx(want, rel=1e-6)
-    same = chunked_kl_sum(teacher, lambda h: h, teacher, lambda h: h, targets)
+    assert kl.item() == pytest.approx(want, rel=1e-6)
+    assert ce.item() == pytest.approx(math.log(2.0), rel=1e-6)  # student (1/2, 1/2), target 0
+    _, same = chunked_kd_sums(teacher, lambda h: h, teacher, lambda h: h, targets)
     assert same.item() == pytest.approx(0.0, abs=1e-7)
 
 
@@ -119,7 +120,7 @@ def test_kl_chunks_temperature_and_gradients_equal_the_unchunked_formula() -> No
     want = (kl * (targets != IGNORE_INDEX)).sum() * t * t
     want.backward()
     want_grad, student.grad = student.grad.clone(), None
-    got = chunked_kl_sum(
+    _, got = chunked_kd_sums(
         student, lambda h: h @ w_s.T, teacher, lambda h: h @ w_t.T, targets,
         temperature=t, num_chunks=4,
     )  # fmt: skip

@@ -29,7 +29,7 @@ from tt_recipes import training
 from tt_recipes.config import ConfigKey, RecipeSpec
 from tt_recipes.losses import sequence_logprobs, shift_labels
 from tt_recipes.recipes import full_finetune, lora_finetune
-from tt_recipes.recipes.full_finetune import Run, StepResult, forward_hidden
+from tt_recipes.recipes.full_finetune import Run, StepResult, forward_hidden, hidden_states
 
 log = logging.getLogger("tt")
 
@@ -94,10 +94,10 @@ def reference_logprobs(
     itself with adapters off."""
     targets = shift_labels(batch["labels"])
     if reference is not None:
-        hidden = reference(batch["tokens"], return_hidden=True)
+        hidden = hidden_states(reference, batch)
         return sequence_logprobs(hidden, reference.logits_from_hidden, targets)
     with disable_adapters(run.model):
-        hidden = run.model(batch["tokens"], return_hidden=True)
+        hidden = hidden_states(run.model, batch)
         return sequence_logprobs(hidden, run.model.logits_from_hidden, targets)
 
 

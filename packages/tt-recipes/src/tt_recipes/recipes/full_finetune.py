@@ -1,8 +1,9 @@
 """Full-parameter fine-tuning of a decoder, on one device or on N processes (FSDP2).
 
 Read top to bottom: ``recipe_main`` sets up the run, ``train`` is the loop. ``lora_finetune``
-reuses this loop with adapters attached (only model preparation and saving differ), ``dpo``
-with a preference objective (its own ``forward_backward``). The same
+reuses this loop with adapters attached (only model preparation and saving differ);
+``dpo``, ``knowledge_distillation`` and ``qat_finetune`` reuse it with their own objective
+(``forward_backward``) or model preparation. The same
 code runs in one process and under torchrun: with a process group the model is sharded per
 transformer block, each rank reads its share of every batch, and the loss is normalised by the
 trained tokens of all ranks, so N processes x batch b follow 1 process x batch N*b.
@@ -368,15 +369,20 @@ def optimizer_step(
     return result, grad_norm
 
 
+def hidden_states(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A decoder's last hidden states for a padded or packed batch (mask, positions)."""
+    return model(
+        batch["tokens"],
+        mask=batch.get("mask"),
+        input_pos=batch.get("input_pos"),
+        return_hidden=True,
+    )
+
+
 def forward_hidden(run: Run, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The model's last hidden states for a batch (activations offloaded when configured)."""
+    """The trained model's hidden states, its activations offloaded when configured."""
     with tt_dist.activation_offloading(run.cfg.enable_activation_offloading, run.dist.device):
-        return run.model(
-            batch["tokens"],
-            mask=batch.get("mask"),
-            input_pos=batch.get("input_pos"),
-            return_hidden=True,
-        )
+        return hidden_states(run.model, batch)
 
 
 def sft_forward_backward(run: Run, micro_batches: list[dict[str, torch.Tensor]]) -> StepResult:
@@ -428,12 +434,7 @@ def validate(run: Run, loss_fn: Callable[..., torch.Tensor] | None = None) -> di
     total, count = 0.0, 0
     for batch in run.val_loader:
         batch = {k: v.to(run.dist.device) for k, v in batch.items()}
-        hidden = run.model(
-            batch["tokens"],
-            mask=batch.get("mask"),
-            input_pos=batch.get("input_pos"),
-            return_hidden=True,
-        )
+        hidden = hidden_states(run.model, batch)
         targets = shift_labels(batch["labels"])
         total += loss_fn(hidden, run.model.logits_from_hidden, targets).item()
         count += int((targets != IGNORE_INDEX).sum())

@@ -82,12 +82,7 @@ def kd_forward_backward(
     for batch in micro_batches:
         batch = {k: v.to(run.dist.device) for k, v in batch.items()}
         with torch.no_grad():
-            teacher_hidden = teacher(
-                batch["tokens"],
-                mask=batch.get("mask"),
-                input_pos=batch.get("input_pos"),
-                return_hidden=True,
-            )
+            teacher_hidden = full_finetune.hidden_states(teacher, batch)
         hidden = forward_hidden(run, batch)
         total, ce, kl = run.loss_fn(
             hidden,
