@@ -95,7 +95,7 @@ def test_the_tiny_default_and_every_recipe_after_it(tmp_path: Path) -> None:
         log = tmp_path / "outputs" / run / "logs" / "metrics.jsonl"
         return [r for r in map(json.loads, log.open()) if "val_loss" in r][-1]["val_loss"]
 
-    # measured: 0.536 with distillation, 0.580 without
+    # measured: 0.538 with distillation, 0.580 without
     assert last_val("tiny_kd") < last_val("tiny_labels_only") - 0.02
 
     # tiny/qat: fine-tuned for 2-bit weights, the quantized model keeps what it learned much
