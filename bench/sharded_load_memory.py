@@ -4,7 +4,7 @@ Two ways to get from a bf16 HF checkpoint to an FSDP2-sharded QLoRA model (NF4 b
 every linear layer of the blocks, LoRA adapters), both with the recipes' own functions:
 
     whole : every rank loads the whole model (``training.build_model``), quantizes it
-            (``lora_finetune.add_adapters``) and shards it after (``training.shard``);
+            (``tt_recipes.adapters.add_adapters``) and shards it after (``training.shard``);
             what ``lora_finetune`` did before NF4 shards could be loaded from meta.
     meta  : ``training.load_sharded_model``: the model is built on the meta device, quantized
             and sharded there, then each rank quantizes one weight at a time from the
@@ -79,7 +79,7 @@ def worker(mode: str, checkpoint: str, out: str) -> None:
     import tt_dist
     from omegaconf import OmegaConf
     from tt_recipes import training
-    from tt_recipes.recipes.lora_finetune import add_adapters
+    from tt_recipes.adapters import add_adapters
 
     info = tt_dist.init_distributed()
     cfg = OmegaConf.create(

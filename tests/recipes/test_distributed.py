@@ -27,7 +27,7 @@ from recipe_testing import (
     run_recipe,
 )
 from tt_recipes import from_pretrained
-from tt_recipes.training import complete_step_dirs
+from tt_recipes.checkpointing import complete_step_dirs
 
 SHORT = [*FAST_FULL, "max_steps_per_epoch=6", "save_every_n_steps=3"]
 LORA = [*FAST_LORA, "dataset.n=640", "save_every_n_steps=3", "max_steps_per_epoch=6"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from recipe_testing import losses
+from tiny_chain import QAT_COMPARISON, validation_loss
 
 
 def tt(*args: str, cwd: Path) -> str:
@@ -101,35 +102,8 @@ def test_the_tiny_default_and_every_recipe_after_it(tmp_path: Path) -> None:
     # tiny/qat: fine-tuned for 2-bit weights, the quantized model keeps what it learned much
     # better than the same fine-tuning without fake quantization, quantized afterwards
     tt("run", "qat_finetune", "--config", "tiny/qat", cwd=tmp_path)
-    same_data = [
-        "dataset.n=4800",
-        "dataset.seed=2",
-        "optimizer.lr=1e-3",
-        "optimizer.weight_decay=0",
-    ]
-    tt("run", "full_finetune", "--config", "tiny/full", "output_dir=./outputs/tiny_plain",
-       "checkpointer.checkpoint_dir=./outputs/tiny_full", "~model", "epochs=1", *same_data,
-       cwd=tmp_path)  # fmt: skip
-    tt("run", "quantize", "--config", "tiny/quantize", "checkpoint_dir=./outputs/tiny_plain",
-       "output_dir=./outputs/tiny_plain_int2", "quantizer.bits=2",
-       "quantizer._component_=tt_recipes.quantization.intx_weight_config", cwd=tmp_path)  # fmt: skip
+    tt("run", "full_finetune", "--config", "tiny/full", *QAT_COMPARISON["plain"], cwd=tmp_path)
+    tt("run", "quantize", "--config", "tiny/quantize", *QAT_COMPARISON["ptq"], cwd=tmp_path)
     qat = validation_loss(tmp_path / "outputs" / "tiny_qat" / "step_150" / "quantized")
     plain = validation_loss(tmp_path / "outputs" / "tiny_plain_int2")
     assert qat < 0.5 * plain, (qat, plain)  # measured: 0.019 and 0.059
-
-
-def validation_loss(model_dir: Path) -> float:
-    """Mean cross-entropy per answer token on tiny/full's 256 validation questions."""
-    import torch
-    from tt_data import padded_collate_sft, synthetic_arithmetic
-    from tt_data.tokenizers import from_pretrained as load_tokenizer
-    from tt_recipes import from_pretrained
-    from tt_recipes.losses import IGNORE_INDEX, cross_entropy_sum, shift_labels
-
-    tokenizer = load_tokenizer(model_dir)
-    rows = synthetic_arithmetic(tokenizer, n=256, split="validation", seed=0)
-    batch = padded_collate_sft([rows[i] for i in range(len(rows))], pad_id=tokenizer.pad_id)
-    targets = shift_labels(batch["labels"])
-    with torch.no_grad():
-        logits = from_pretrained(model_dir)(batch["tokens"])
-    return (cross_entropy_sum(logits, targets) / (targets != IGNORE_INDEX).sum()).item()

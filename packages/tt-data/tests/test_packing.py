@@ -1,5 +1,4 @@
 import pytest
-import torch
 import tt_data
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -79,33 +78,16 @@ def test_preference_pairs_pack_together(pairs, max_seq_len):
     assert seen == list(range(len(pairs)))
 
 
-def test_block_causal_mask_isolates_documents_in_attention():
-    torch.manual_seed(0)
+def test_packed_batch_marks_documents_for_the_block_causal_mask():
+    """The collator gives the model what it needs to keep documents apart: a document id per
+    token (-1 on padding) and positions restarting at 0 for each document."""
     lengths = [5, 3, 6]
     row = PackedDataset(sft_samples(lengths), max_seq_len=16)[0]
     batch = tt_data.padded_collate_packed([row])
-    assert batch["mask"].shape == (1, 16, 16) and batch["mask"].dtype == torch.bool
-    q, k, v = (torch.randn(1, 2, 16, 8) for _ in range(3))  # [b, heads, s, head_dim]
-    packed_out = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=batch["mask"][:, None]
-    )
-    start = 0
-    for n in lengths:
-        sl = slice(start, start + n)
-        alone = torch.nn.functional.scaled_dot_product_attention(
-            q[..., sl, :], k[..., sl, :], v[..., sl, :], is_causal=True
-        )
-        torch.testing.assert_close(packed_out[..., sl, :], alone)
-        start += n
-    assert not torch.isnan(packed_out).any()  # padding rows are not empty
-
-
-def test_block_causal_mask_hand_computed():
-    mask = tt_data.block_causal_mask(torch.tensor([[0, 0, 1, -1]]))
-    expected = torch.tensor(
-        [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=torch.bool
-    )
-    assert torch.equal(mask[0], expected)
+    assert set(batch) == {"tokens", "labels", "input_pos", "document_ids"}
+    assert batch["document_ids"][0].tolist() == [0] * 5 + [1] * 3 + [2] * 6 + [-1] * 2
+    assert batch["input_pos"][0, :14].tolist() == [*range(5), *range(3), *range(6)]
+    assert batch["labels"][0, 14:].tolist() == [tt_data.IGNORE_INDEX] * 2
 
 
 def test_iterable_packer_matches_eager_and_resumes_exactly():

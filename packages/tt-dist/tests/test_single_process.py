@@ -192,6 +192,86 @@ def test_checkpoint_errors(tmp_path):
         tt_dist.save_distributed_state(tmp_path / "ck", model, ["adam"])
 
 
+def test_several_trained_models_save_and_load_by_name(tmp_path):
+    policy, policy_opt = trained(seed=0)
+    value, value_opt = trained(seed=1)
+    models = {
+        "policy": tt_dist.TrainedModel(policy, policy_opt),
+        "value": tt_dist.TrainedModel(value, value_opt),
+    }
+    tt_dist.save_distributed_state(tmp_path / "ck", models, extra={"step": 2})
+    fresh = {name: tiny.make_model(seed=9) for name in models}
+    fresh_opts = {name: tiny.make_optimizer(m.parameters()) for name, m in fresh.items()}
+    loaded = {n: tt_dist.TrainedModel(fresh[n], fresh_opts[n]) for n in models}
+    assert tt_dist.load_distributed_state(tmp_path / "ck", loaded) == {"step": 2}
+    for name, part in models.items():
+        for key, tensor in part.model.state_dict().items():
+            assert torch.equal(fresh[name].state_dict()[key], tensor), (name, key)
+        want = part.optimizer.state_dict()["state"][0]["exp_avg"]
+        assert torch.equal(fresh_opts[name].state_dict()["state"][0]["exp_avg"], want)
+    with pytest.raises(ValueError, match="holds no weights of model 'critic'"):
+        tt_dist.load_distributed_state(
+            tmp_path / "ck", {"critic": tt_dist.TrainedModel(tiny.make_model())}
+        )
+
+
+def test_a_failed_save_leaves_no_temporary_directory(tmp_path, monkeypatch):
+    import errno
+
+    import torch.distributed.checkpoint as dcp
+
+    model, opt = trained(steps=1)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(dcp, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        tt_dist.save_distributed_state(tmp_path / "ck", model, opt)
+    assert list(tmp_path.iterdir()) == []
+
+
+class _RunsCode:
+    """Pickles as a call of os.system: what a hostile checkpoint would hold."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_whose_metadata_names_code_is_refused(tmp_path):
+    import pickle
+
+    model, opt = trained(steps=1)
+    tt_dist.save_distributed_state(tmp_path / "ck", model, opt)
+    marker = tmp_path / "ran"
+    (tmp_path / "ck" / ".metadata").write_bytes(pickle.dumps(_RunsCode(marker)))
+    with pytest.raises(tt_dist.UnsafeCheckpointError, match=r"names posix\.system"):
+        tt_dist.load_distributed_state(tmp_path / "ck", model, opt)
+    assert not marker.exists()
+
+
+def test_a_checkpoint_value_that_is_not_plain_data_is_refused(tmp_path):
+    """DCP stores non-tensor values (an optimizer's lr) as pickles and loads them with
+    weights_only=False; tt loads them with weights_only=True."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model, opt = trained(steps=1)
+    model_sd, optim_sd = get_state_dict(model, [opt])
+    marker = tmp_path / "ran"
+    optim_sd["param_groups"][0]["lr"] = _RunsCode(marker)  # written by someone else's code
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp_path / "ck"))
+    torch.save({}, tmp_path / "ck" / "extra.pt")
+    with pytest.raises(tt_dist.UnsafeCheckpointError, match=r"optim.*not plain data.*posix"):
+        tt_dist.load_distributed_state(tmp_path / "ck", model, opt)
+    assert not marker.exists()
+
+
 # ---- activation checkpointing, activation offloading, optimizer in backward ----
 
 

@@ -9,6 +9,7 @@ copied on save so the output directory works with transformers as is.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from collections.abc import Mapping, Sequence
@@ -117,6 +118,12 @@ def _index_weight_map(index_path: Path) -> dict[str, str]:
     weight_map = _read_json(index_path).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise CorruptFileError(index_path, "it has no 'weight_map' object mapping keys to files")
+    for name in set(weight_map.values()):
+        # Shards are files beside the index: a path elsewhere is not read.
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise CorruptFileError(
+                index_path, f"its weight_map names {name!r}, not a file name in {index_path.parent}"
+            )
     return weight_map
 
 
@@ -225,16 +232,23 @@ def _prepare_for_save(state_dict_hf: Mapping[str, torch.Tensor]) -> dict[str, to
     return out
 
 
+def _save_safetensors(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    save_file(dict(tensors), path, metadata={"format": "pt"})
+    # safetensors creates the file owner-only (0600); give it the mode of every other file.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def _write_weights(tensors: Mapping[str, torch.Tensor], out: Path, max_bytes: int) -> None:
     shards = _plan_shards(tensors, max_bytes)
-    metadata = {"format": "pt"}
     if len(shards) == 1:
-        save_file(dict(tensors), out / "model.safetensors", metadata=metadata)
+        _save_safetensors(tensors, out / "model.safetensors")
         return
     weight_map = {}
     for n, keys in enumerate(shards, start=1):
         name = f"model-{n:05d}-of-{len(shards):05d}.safetensors"
-        save_file({k: tensors[k] for k in keys}, out / name, metadata=metadata)
+        _save_safetensors({k: tensors[k] for k in keys}, out / name)
         weight_map.update(dict.fromkeys(keys, name))
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}

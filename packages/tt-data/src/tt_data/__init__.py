@@ -6,13 +6,11 @@ sentencepiece, tiktoken, tokenizers and jinja2, never on another tt package.
 
 from tt_data import tokenizers
 from tt_data.collate import (
-    block_causal_mask,
     padded_collate_packed,
     padded_collate_preference,
     padded_collate_sft,
 )
 from tt_data.datasets import (
-    CROSS_ENTROPY_IGNORE_INDEX,
     alpaca,
     alpaca_cleaned,
     chat_dataset,
@@ -30,12 +28,13 @@ from tt_data.datasets import (
     text_completion_dataset,
     wikitext,
 )
+from tt_data.labels import IGNORE_INDEX
 from tt_data.messages import Message, apply_masking
 from tt_data.packing import IterablePackedDataset, PackedDataset
 from tt_data.tokenizers import ModelTokenizer, from_pretrained
 
 __all__ = [
-    "CROSS_ENTROPY_IGNORE_INDEX",
+    "IGNORE_INDEX",
     "IterablePackedDataset",
     "Message",
     "ModelTokenizer",
@@ -43,7 +42,6 @@ __all__ = [
     "alpaca",
     "alpaca_cleaned",
     "apply_masking",
-    "block_causal_mask",
     "chat_dataset",
     "cnn_dailymail",
     "from_pretrained",

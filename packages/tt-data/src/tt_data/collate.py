@@ -2,16 +2,16 @@
 
 - ``padded_collate_sft``: ``{"tokens" [b, s], "labels" [b, s]}`` right-padded with pad_id/-100.
 - ``padded_collate_preference``: the same keys with ``2b`` rows, chosen rows then rejected.
-- ``padded_collate_packed``: packed rows -> ``tokens``, ``labels``, ``input_pos``,
-  ``document_ids`` [b, s] and the block-causal ``mask`` [b, s, s] (True = may attend) that
-  ``TransformerDecoder.forward(tokens, mask=..., input_pos=...)`` accepts.
+- ``padded_collate_packed``: packed rows -> ``tokens``, ``labels``, ``input_pos`` and
+  ``document_ids`` [b, s] (-1 on padding); ``tt_models.block_causal_mask(document_ids)`` is the
+  mask ``TransformerDecoder.forward(tokens, mask=..., input_pos=...)`` takes.
 """
 
 from __future__ import annotations
 
 import torch
 
-from tt_data.datasets.base import CROSS_ENTROPY_IGNORE_INDEX
+from tt_data.labels import IGNORE_INDEX
 
 
 def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -28,7 +28,7 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
 def padded_collate_sft(
     batch: list[dict[str, list[int]]],
     pad_id: int = 0,
-    ignore_index: int = CROSS_ENTROPY_IGNORE_INDEX,
+    ignore_index: int = IGNORE_INDEX,
 ) -> dict[str, torch.Tensor]:
     """Pad ``tokens`` with ``pad_id`` and ``labels`` with ``ignore_index``: ``[b, s]`` each."""
     return {
@@ -40,7 +40,7 @@ def padded_collate_sft(
 def padded_collate_preference(
     batch: list[dict[str, list[int]]],
     pad_id: int = 0,
-    ignore_index: int = CROSS_ENTROPY_IGNORE_INDEX,
+    ignore_index: int = IGNORE_INDEX,
 ) -> dict[str, torch.Tensor]:
     """One ``[2b, s]`` batch: rows ``0..b-1`` chosen, rows ``b..2b-1`` the matching rejected."""
     order = [("chosen_tokens", "chosen_labels"), ("rejected_tokens", "rejected_labels")]
@@ -49,23 +49,12 @@ def padded_collate_preference(
     return {"tokens": _pad(tokens, pad_id), "labels": _pad(labels, ignore_index)}
 
 
-def block_causal_mask(document_ids: torch.Tensor) -> torch.Tensor:
-    """``[b, s] -> [b, s, s]`` bool: query i may attend key j iff same document and j <= i.
-
-    Padding (document id -1) attends causally among padding, so no row of the mask is empty.
-    """
-    s = document_ids.shape[-1]
-    causal = torch.ones(s, s, dtype=torch.bool, device=document_ids.device).tril()
-    same_doc = document_ids.unsqueeze(-1) == document_ids.unsqueeze(-2)
-    return same_doc & causal
-
-
 def padded_collate_packed(batch: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-    """Stack packed rows (all ``max_seq_len`` long) and add the block-causal ``mask``."""
+    """Stack packed rows (all ``max_seq_len`` long). The attention mask is the model's to
+    build from ``document_ids`` (``tt_models.block_causal_mask``): a ``[b, s, s]`` mask made
+    here would cost ``s`` times the batch's memory to move to the device."""
     keys = ("tokens", "labels", "input_pos", "document_ids")
     lengths = {len(item["tokens"]) for item in batch}
     if len(lengths) > 1:
         raise ValueError(f"packed rows must share one length, got lengths {sorted(lengths)}")
-    out = {k: torch.tensor([item[k] for item in batch], dtype=torch.long) for k in keys}
-    out["mask"] = block_causal_mask(out["document_ids"])
-    return out
+    return {k: torch.tensor([item[k] for item in batch], dtype=torch.long) for k in keys}

@@ -5,9 +5,9 @@ A packed row has exactly ``max_seq_len`` positions::
     {"tokens", "labels", "input_pos", "document_ids"}   # each list[int] of length max_seq_len
 
 ``input_pos`` restarts at 0 for every document; ``document_ids`` numbers the documents of the
-row from 0 and is -1 on padding (tokens = pad_id, labels = -100). ``block_causal_mask`` in
-``tt_data.collate`` turns document ids into the boolean mask (True = may attend) so no token
-attends across documents. Documents are never split: one longer than ``max_seq_len`` is
+row from 0 and is -1 on padding (tokens = pad_id, labels = -100). The model turns
+document ids into the boolean mask (``tt_models.block_causal_mask``, True = may attend) so no
+token attends across documents. Documents are never split: one longer than ``max_seq_len`` is
 truncated (keeping its last token, normally eos) and counted in ``num_truncated``.
 
 Preference samples are packed per pair: chosen and rejected go into the same row as
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from tt_data.datasets.base import CROSS_ENTROPY_IGNORE_INDEX
+from tt_data.labels import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 PREFERENCE_KEYS = ("chosen_tokens", "chosen_labels", "rejected_tokens", "rejected_labels")
@@ -73,7 +73,7 @@ def _build_row(docs: list[Document], max_seq_len: int, pad_id: int) -> dict[str,
         row["document_ids"] += [doc_id] * len(tokens)
     padding = max_seq_len - len(row["tokens"])
     row["tokens"] += [pad_id] * padding
-    row["labels"] += [CROSS_ENTROPY_IGNORE_INDEX] * padding
+    row["labels"] += [IGNORE_INDEX] * padding
     row["input_pos"] += list(range(padding))
     row["document_ids"] += [-1] * padding
     return row

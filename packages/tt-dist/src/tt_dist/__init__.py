@@ -13,17 +13,24 @@ from tt_dist.memory import (
 )
 from tt_dist.process_group import (
     DistInfo,
+    barrier,
     destroy_distributed,
+    full_value,
     get_device,
     get_rank,
     get_world_size,
     init_distributed,
+    is_distributed,
     is_rank_zero,
+    max_over_ranks,
     rank_zero_log,
     rank_zero_print,
+    sum_over_ranks,
 )
 from tt_dist.sharding import block_predicate, find_blocks, shard_model
 from tt_dist.state import (
+    TrainedModel,
+    UnsafeCheckpointError,
     gather_full_state_dict,
     load_distributed_state,
     load_full_state_dict,
@@ -33,6 +40,12 @@ from tt_dist.state import (
 __all__ = [
     "ActivationOffloader",
     "DistInfo",
+    "TrainedModel",
+    "barrier",
+    "full_value",
+    "is_distributed",
+    "max_over_ranks",
+    "sum_over_ranks",
     "OptimizerInBackward",
     "activation_offloading",
     "apply_activation_checkpointing",
@@ -52,4 +65,5 @@ __all__ = [
     "rank_zero_print",
     "save_distributed_state",
     "shard_model",
+    "UnsafeCheckpointError",
 ]

@@ -122,19 +122,58 @@ def init_distributed(
 
 def destroy_distributed() -> None:
     """Leave and destroy the process group if one exists (safe to call more than once)."""
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.barrier()
         dist.destroy_process_group()
 
 
+def is_distributed() -> bool:
+    """True when a process group exists (the process was launched by torchrun)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def barrier() -> None:
+    """Wait for every process (nothing to wait for in a single process)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def sum_over_ranks(value: float) -> float:
+    """A number summed over all processes (the number itself in a single process)."""
+    if not is_distributed():
+        return value
+    tensor = torch.tensor(float(value), dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor)
+    return float(tensor.item())
+
+
+def max_over_ranks(value: float) -> float:
+    """The largest of a number over all processes."""
+    if not is_distributed():
+        return value
+    tensor = torch.tensor(float(value), dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
+
+
+def full_value(tensor: torch.Tensor) -> float:
+    """A scalar that may be a sharded DTensor (e.g. FSDP's total grad norm) as a float."""
+    full = getattr(tensor, "full_tensor", None)
+    return float(full() if full is not None else tensor)
+
+
 def get_rank() -> int:
     """This process's global rank, 0 when no process group exists."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return dist.get_rank() if is_distributed() else 0
 
 
 def get_world_size() -> int:
     """Number of processes in the job, 1 when no process group exists."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return dist.get_world_size() if is_distributed() else 1
 
 
 def is_rank_zero() -> bool:

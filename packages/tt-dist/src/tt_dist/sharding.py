@@ -10,6 +10,8 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
+from tt_dist.process_group import is_distributed
+
 BlockPredicate = Callable[[str, nn.Module], bool]
 
 
@@ -101,7 +103,7 @@ def _default_device_type() -> str:
 
 
 def _default_mesh(device_type: str) -> DeviceMesh:
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_distributed():
         raise RuntimeError(
             "shard_model needs a process group: call tt_dist.init_distributed() under torchrun "
             "(`tt run --nproc_per_node N ...`); a single-process run should not shard"

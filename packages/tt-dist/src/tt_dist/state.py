@@ -8,17 +8,21 @@ loads into M processes (M != N is fine; 1 means no process group at all).
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import pickle
 import shutil
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -28,20 +32,11 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
-from tt_dist.process_group import is_rank_zero
+from tt_dist.process_group import barrier, is_distributed, is_rank_zero
 
 EXTRA_FILE = "extra.pt"
 _OPTIM_PREFIX = "optim."
 _PLAIN_TYPES = (int, float, str, bool, type(None), torch.Tensor)
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _barrier() -> None:
-    if _distributed():
-        dist.barrier()
 
 
 def _tied_aliases(model: nn.Module) -> dict[str, str]:
@@ -204,7 +199,7 @@ def gather_full_state_dict(
     Every rank must call it (it all-gathers shard by shard). ``trainable_only`` keeps only
     parameters with ``requires_grad`` (LoRA adapters).
     """
-    if not _distributed():
+    if not is_distributed():
         keep = _trainable_names(model) if trainable_only else set(model.state_dict())
         return {n: t.detach().cpu().clone() for n, t in model.state_dict().items() if n in keep}
     options = StateDictOptions(
@@ -253,12 +248,65 @@ def _state_options(trainable_only: bool) -> StateDictOptions:
     return StateDictOptions(ignore_frozen_params=trainable_only, strict=not trainable_only)
 
 
-def _training_state(model: nn.Module, optimizers: list, trainable_only: bool) -> dict[str, Any]:
-    options = _state_options(trainable_only)
-    if not optimizers:
-        return {"model": get_model_state_dict(model, options=options)}
-    model_sd, optim_sd = get_state_dict(model, optimizers, options=options)
-    return {"model": model_sd, "optim": optim_sd}
+@dataclass(frozen=True)
+class TrainedModel:
+    """One model of a training state: its optimizer(s) (None for a frozen model) and whether
+    only its trainable parameters are saved (adapters over a base that is re-loaded)."""
+
+    model: nn.Module
+    optimizer: Any = None
+    trainable_only: bool = False
+
+
+def _as_models(model: Any, optimizer: Any, trainable_only: bool) -> dict[str, TrainedModel]:
+    if isinstance(model, Mapping):
+        if optimizer is not None or trainable_only:
+            raise TypeError(
+                "pass optimizer and trainable_only inside each TrainedModel when saving several "
+                "models"
+            )
+        bad = [name for name, part in model.items() if not isinstance(part, TrainedModel)]
+        if bad or not model:
+            raise TypeError(f"expected a non-empty mapping of name -> TrainedModel; bad: {bad}")
+        return dict(model)
+    return {"": TrainedModel(model, optimizer, trainable_only)}
+
+
+def _prefix(name: str) -> str:
+    return f"{name}." if name else ""
+
+
+def _training_state(models: Mapping[str, TrainedModel]) -> dict[str, Any]:
+    """DCP state dict of every model: ``model``/``optim`` for a lone unnamed one,
+    ``NAME.model``/``NAME.optim`` for named ones."""
+    state: dict[str, Any] = {}
+    for name, part in models.items():
+        options = _state_options(part.trainable_only)
+        optimizers = _optimizer_list(part.optimizer)
+        if optimizers:
+            model_sd, optim_sd = get_state_dict(part.model, optimizers, options=options)
+            state[f"{_prefix(name)}optim"] = optim_sd
+        else:
+            model_sd = get_model_state_dict(part.model, options=options)
+        state[f"{_prefix(name)}model"] = model_sd
+    return state
+
+
+def _set_training_state(models: Mapping[str, TrainedModel], state: Mapping[str, Any]) -> None:
+    for name, part in models.items():
+        options = _state_options(part.trainable_only)
+        optimizers = _optimizer_list(part.optimizer)
+        model_sd = state[f"{_prefix(name)}model"]
+        if optimizers:
+            set_state_dict(
+                part.model,
+                optimizers,
+                model_state_dict=model_sd,
+                optim_state_dict=state[f"{_prefix(name)}optim"],
+                options=options,
+            )
+        else:
+            set_model_state_dict(part.model, model_sd, options=options)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -273,7 +321,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 def save_distributed_state(
     checkpoint_dir: str | os.PathLike,
-    model: nn.Module,
+    model: nn.Module | Mapping[str, TrainedModel],
     optimizer=None,
     extra: Mapping[str, Any] | None = None,
     *,
@@ -281,24 +329,31 @@ def save_distributed_state(
 ) -> None:
     """Write model + optimizer state (sharded, via DCP) and ``extra`` (step, epoch, ...).
 
-    All ranks call it. Files go to ``<dir>.tmp`` and are renamed into place once every rank
-    has finished, so an interrupted save never replaces a good checkpoint. ``optimizer`` is
-    an Optimizer, a list of them, or an ``OptimizerInBackward``. ``trainable_only`` leaves
-    out parameters with ``requires_grad=False`` (pass the same flag when loading).
+    All ranks call it. ``model`` is one model (with ``optimizer``: an Optimizer, a list of
+    them, or an ``OptimizerInBackward``; ``trainable_only`` leaves out parameters with
+    ``requires_grad=False``) or a mapping of names to :class:`TrainedModel` (several trained
+    models, e.g. a policy and a value model). Files go to ``<dir>.tmp`` and are renamed into
+    place once every rank has finished, so an interrupted save never replaces a good
+    checkpoint; a failed save (a full disk, Ctrl-C) removes ``<dir>.tmp`` and re-raises.
     """
     final = Path(checkpoint_dir)
+    models = _as_models(model, optimizer, trainable_only)
     _check_extra(dict(extra or {}))
     tmp = final.with_name(final.name + ".tmp")
     if is_rank_zero():
         shutil.rmtree(tmp, ignore_errors=True)
-    _barrier()
-    state = _training_state(model, _optimizer_list(optimizer), trainable_only)
-    with _single_process_is_intended():
-        dcp.save(state, checkpoint_id=str(tmp))
-    if is_rank_zero():
-        torch.save(dict(extra or {}), tmp / EXTRA_FILE)
-        _replace_dir(tmp, final)
-    _barrier()
+    barrier()
+    try:
+        state = _training_state(models)
+        with _single_process_is_intended():
+            dcp.save(state, checkpoint_id=str(tmp))
+        if is_rank_zero():
+            torch.save(dict(extra or {}), tmp / EXTRA_FILE)
+            _replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    barrier()
 
 
 @contextlib.contextmanager
@@ -309,21 +364,103 @@ def _single_process_is_intended():
         yield
 
 
+# ---------------------------------------------------------------------------------------------
+# Reading a checkpoint without running code from it. DCP pickles its ``.metadata`` and the
+# non-tensor values of a state dict (an optimizer's lr, betas...), and unpickles both with
+# plain pickle: a checkpoint someone else wrote could run anything. Here the metadata may name
+# only the classes DCP itself writes there, and the values only what ``weights_only`` allows.
+
+_DCP_METADATA = "torch.distributed.checkpoint.metadata"
+_METADATA_GLOBALS = {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch.serialization", "_get_layout"),
+    ("torch", "Size"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+    *(
+        (_DCP_METADATA, name)
+        for name in (
+            "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "ChunkStorageMetadata",
+            "TensorStorageMetadata", "BytesStorageMetadata", "_MEM_FORMAT_ENCODING",
+        )
+    ),
+}  # fmt: skip
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint file names something other than the data DCP writes."""
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def __init__(self, file: Any, source: Path) -> None:
+        super().__init__(file)
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _METADATA_GLOBALS or (
+            module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        ):
+            return super().find_class(module, name)
+        raise UnsafeCheckpointError(
+            f"{self.source} names {module}.{name}, which a torch.distributed.checkpoint written "
+            "by tt never holds; refusing to load it (unpickling it could run code). Only resume "
+            "from checkpoints you wrote yourself"
+        )
+
+
+class SafeCheckpointReader(dcp.FileSystemReader):
+    """``FileSystemReader`` whose metadata may only hold DCP's own classes."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        rank = kwargs.get("rank")
+        path = Path(self.path) / (".metadata" if rank is None else f"__{rank}.metadata")
+        with open(path, "rb") as f:
+            metadata = _MetadataUnpickler(f, path).load()
+        if getattr(metadata, "storage_meta", None) is None:
+            from torch.distributed.checkpoint.metadata import StorageMeta
+
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class _PlainValuesLoadPlanner(DefaultLoadPlanner):
+    """Non-tensor values are read with ``weights_only=True`` (DCP uses ``False``)."""
+
+    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+        try:
+            plain = torch.load(value, weights_only=True)
+        except pickle.UnpicklingError as e:
+            lines = [line for line in str(e).splitlines() if "GLOBAL" in line] or [str(e)]
+            raise UnsafeCheckpointError(
+                f"the checkpoint value {read_item.dest_index.fqn!r} is not plain data "
+                f"({lines[0].strip()}); refusing to load it. Only resume from checkpoints you "
+                "wrote yourself"
+            ) from None
+        buffer = io.BytesIO()
+        torch.save(plain, buffer)
+        buffer.seek(0)
+        super().load_bytes(read_item, buffer)
+
+
 def _saved_keys(path: Path) -> set[str]:
-    return set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+    return set(SafeCheckpointReader(str(path)).read_metadata().state_dict_metadata)
 
 
 def load_distributed_state(
     checkpoint_dir: str | os.PathLike,
-    model: nn.Module,
+    model: nn.Module | Mapping[str, TrainedModel],
     optimizer=None,
     *,
     trainable_only: bool = False,
 ) -> dict[str, Any]:
-    """Load what ``save_distributed_state`` wrote into ``model`` (and ``optimizer``).
+    """Load what ``save_distributed_state`` wrote into ``model`` (and ``optimizer``), or into
+    each named :class:`TrainedModel` of a mapping.
 
-    The model may be sharded over any number of processes, or not at all; DCP reshards.
-    Returns the ``extra`` dict that was saved.
+    The models may be sharded over any number of processes, or not at all; DCP reshards.
+    Returns the ``extra`` dict that was saved. Nothing in the files is executed: DCP's pickled
+    metadata may only name DCP's own classes and every other value is read with
+    ``weights_only=True`` (``UnsafeCheckpointError`` otherwise).
     """
     path = Path(checkpoint_dir)
     if not (path / ".metadata").is_file():
@@ -331,24 +468,32 @@ def load_distributed_state(
             f"no distributed checkpoint at {str(path)!r} (expected {path / '.metadata'}, "
             "written by tt_dist.save_distributed_state)"
         )
-    optimizers = _optimizer_list(optimizer)
-    if optimizers and not any(k.startswith(_OPTIM_PREFIX) for k in _saved_keys(path)):
-        raise ValueError(
-            f"checkpoint {str(path)!r} holds no optimizer state but an optimizer was given; "
-            "load with optimizer=None to restore the model only"
-        )
-    state = _training_state(model, optimizers, trainable_only)
-    with _single_process_is_intended():
-        dcp.load(state, checkpoint_id=str(path))
-    options = _state_options(trainable_only)
-    if optimizers:
-        set_state_dict(
-            model,
-            optimizers,
-            model_state_dict=state["model"],
-            optim_state_dict=state["optim"],
-            options=options,
-        )
-    else:
-        set_model_state_dict(model, state["model"], options=options)
+    models = _as_models(model, optimizer, trainable_only)
+    saved = _saved_keys(path)
+    for name, part in models.items():
+        of = f" of model {name!r}" if name else ""
+        if not any(k.startswith(f"{_prefix(name)}model.") for k in saved):
+            raise ValueError(f"checkpoint {str(path)!r} holds no weights{of}")
+        if _optimizer_list(part.optimizer) and not any(
+            k.startswith(f"{_prefix(name)}{_OPTIM_PREFIX}") for k in saved
+        ):
+            raise ValueError(
+                f"checkpoint {str(path)!r} holds no optimizer state{of} but an optimizer was "
+                "given; load with optimizer=None to restore the model only"
+            )
+    state = _training_state(models)
+    try:
+        with _single_process_is_intended():
+            dcp.load(
+                state,
+                storage_reader=SafeCheckpointReader(str(path)),
+                planner=_PlainValuesLoadPlanner(),
+            )
+    except CheckpointException as e:  # DCP collects each rank's failure; name the refusal
+        for failure in e.failures.values():
+            cause = failure[0] if isinstance(failure, tuple) else failure
+            if isinstance(cause, UnsafeCheckpointError):
+                raise cause from None
+        raise
+    _set_training_state(models, state)
     return torch.load(path / EXTRA_FILE, weights_only=True, map_location="cpu")

@@ -1,8 +1,11 @@
 """tt_recipes: the config system and the recipes that compose the tt packages.
 
-Recipes (full_finetune, lora_finetune, generate) are single readable files in
-``tt_recipes.recipes``; shared pieces (losses, schedules, metric loggers, checkpoint
-helpers) live in modules here. ``from_pretrained`` / ``save_pretrained`` load and write a
+Recipes (full_finetune, lora_finetune, dpo, generate, ...) are single readable files in
+``tt_recipes.recipes`` that import library modules only, never each other. The library
+modules here say what they hold: ``trainer`` (the run's state and step loop),
+``checkpointing`` (where checkpoints go, saving, resuming), ``adapters`` (LoRA and friends),
+``losses``, ``lr_schedulers``, ``metric_logging``, ``training`` (model, data and sharding
+set-up), ``quantization``, ``evaluation``, ``config``. ``from_pretrained`` / ``save_pretrained`` load and write a
 Hugging Face model directory as a tt model.
 """
 

@@ -12,8 +12,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-
-IGNORE_INDEX = -100
+from tt_data import IGNORE_INDEX  # the label of positions without loss, as in the datasets
 
 
 def shift_labels(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:

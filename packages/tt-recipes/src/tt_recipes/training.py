@@ -1,6 +1,7 @@
 """Pieces every training recipe needs, as plain functions: device and dtype, building the
-model from config or checkpoint, the dataloader with a resumable position, checkpoint
-directories (``output_dir/step_N``), throughput and memory stats.
+model from config or checkpoint (sharded or not, frozen copies for reference and teaching),
+the dataloader with a resumable position, sharding, compile, memory stats. Checkpoints are
+``tt_recipes.checkpointing``; the step loop is ``tt_recipes.trainer``.
 
 Recipes call these; they hold no state of their own.
 """
@@ -8,10 +9,8 @@ Recipes call these; they hold no state of their own.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import resource
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,6 @@ from tt_recipes.pretrained import from_pretrained, resolve_dtype
 from tt_recipes.sampling import ResumableSampler
 
 log = logging.getLogger("tt")
-
-STEP_DIR_PREFIX = "step_"
 
 
 def setup_logging() -> None:
@@ -50,6 +47,8 @@ def get_dtype(name: str | None, device: torch.device) -> torch.dtype:
 
 def resolve_checkpoint_dir(path: str | Path) -> Path:
     """A model directory, or a tt run's output_dir: then its latest complete ``step_N``."""
+    from tt_recipes.checkpointing import latest_step_dir
+
     path = Path(path)
     if (path / "config.json").is_file():
         return path
@@ -200,63 +199,22 @@ def build_dataloader(
     shuffle: bool,
     rank: int = 0,
     world_size: int = 1,
+    device: torch.device | None = None,
 ) -> tuple[DataLoader, ResumableSampler]:
-    """A single-process DataLoader over a resumable, rank-sharded sampler."""
+    """A single-process DataLoader over a resumable, rank-sharded sampler (batches in pinned
+    memory when they go to a GPU, so the copy to it can overlap compute)."""
     sampler = ResumableSampler(
         len(dataset), seed=seed, shuffle=shuffle, rank=rank, world_size=world_size
     )
     loader = DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn, drop_last=True
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=collate_fn,
+        drop_last=True,
+        pin_memory=device is not None and device.type == "cuda",
     )
     return loader, sampler
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoint directories
-
-
-def step_dir(output_dir: str | Path, step: int) -> Path:
-    return Path(output_dir) / f"{STEP_DIR_PREFIX}{step}"
-
-
-def complete_step_dirs(output_dir: str | Path) -> list[Path]:
-    """``step_N`` directories under ``output_dir``, oldest first (temporary ones excluded:
-    an unfinished save lives in a hidden sibling until it is renamed into place)."""
-    root = Path(output_dir)
-    if not root.is_dir():
-        return []
-    dirs = [
-        p
-        for p in root.iterdir()
-        if p.is_dir()
-        and p.name.startswith(STEP_DIR_PREFIX)
-        and p.name[len(STEP_DIR_PREFIX) :].isdigit()
-    ]
-    return sorted(dirs, key=lambda p: int(p.name[len(STEP_DIR_PREFIX) :]))
-
-
-def latest_step_dir(output_dir: str | Path) -> Path | None:
-    dirs = complete_step_dirs(output_dir)
-    return dirs[-1] if dirs else None
-
-
-def remove_unfinished_saves(output_dir: str | Path) -> None:
-    """Delete temporary directories left by a save that was killed before it completed."""
-    root = Path(output_dir)
-    if not root.is_dir():
-        return
-    for tmp in root.glob(f".{STEP_DIR_PREFIX}*"):
-        log.info(f"Removing unfinished checkpoint {tmp.name} (the run stopped while saving it)")
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def prune_checkpoints(output_dir: str | Path, keep_last_n: int | None) -> None:
-    """Delete all but the newest ``keep_last_n`` step directories (run after a save completes)."""
-    if not keep_last_n:
-        return
-    for old in complete_step_dirs(output_dir)[:-keep_last_n]:
-        log.info(f"Removing old checkpoint {old}")
-        shutil.rmtree(old)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,29 +226,6 @@ def peak_memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def check_finite(loss: float, step: int, output_dir: str | Path) -> None:
-    if not math.isfinite(loss):
-        latest = latest_step_dir(output_dir)
-        kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was saved yet"
-        raise FloatingPointError(
-            f"loss became {loss} at step {step}; stopping ({kept}). Lower the learning rate, "
-            "enable clip_grad_norm, or check the data around this step."
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,32 +266,6 @@ def check_nf4_shardable(model: torch.nn.Module, world_size: int) -> None:
                     f"{blocks}, leave {name.rsplit('.', 1)[-1]} out of peft.target_modules, or "
                     "run in one process."
                 )
-
-
-def sum_over_ranks(value: float) -> float:
-    """Sum a number over all processes (the number itself in a single process)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    tensor = torch.tensor(float(value), dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        tensor = tensor.cuda()
-    dist.all_reduce(tensor)
-    return float(tensor.item())
-
-
-def full_value(tensor: torch.Tensor) -> float:
-    """A scalar that may be a sharded DTensor (e.g. FSDP's total grad norm) as a float."""
-    full = getattr(tensor, "full_tensor", None)
-    return float(full() if full is not None else tensor)
-
-
-def barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from recipe_testing import losses, preference_file_overrides, records, run_recipe
 from tt_recipes import from_pretrained
-from tt_recipes.training import complete_step_dirs
+from tt_recipes.checkpointing import complete_step_dirs
 
 FAST_DPO = [
     "epochs=1",
@@ -77,6 +77,7 @@ def test_dpo_micro_batches_give_the_updates_of_the_whole_batch(
         "run_val_every_n_steps=null",
         "optimizer._component_=torch.optim.SGD",
         "~optimizer.weight_decay",
+        "~optimizer.betas",
         "optimizer.lr=1.0",
         "clip_grad_norm=null",
     ]

@@ -12,7 +12,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 from recipe_testing import run_recipe
 from tt_recipes.assets import asset_path
-from tt_recipes.training import complete_step_dirs
+from tt_recipes.checkpointing import complete_step_dirs
 
 TASKS = ["tiny_arithmetic", "tiny_arithmetic_mc"]
 

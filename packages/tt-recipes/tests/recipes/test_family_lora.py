@@ -30,8 +30,8 @@ from recipe_testing import losses, run_recipe
 from safetensors.torch import load_file
 from tt_recipes import from_pretrained
 from tt_recipes.assets import asset_path
+from tt_recipes.checkpointing import complete_step_dirs
 from tt_recipes.registry import resolve_config
-from tt_recipes.training import complete_step_dirs
 
 STEPS = 3
 TOKENIZER_VOCAB = 456  # ids the tiny tokenizer can produce; the model's vocab is larger

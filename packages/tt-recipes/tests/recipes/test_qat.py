@@ -8,7 +8,7 @@ import pytest
 import torch
 from recipe_testing import losses, run_recipe
 from tt_recipes import from_pretrained
-from tt_recipes.training import complete_step_dirs
+from tt_recipes.checkpointing import complete_step_dirs
 
 
 def test_qat_trains_and_saves_the_quantized_model_it_trained(
@@ -45,8 +45,8 @@ def test_qat_trains_and_saves_the_quantized_model_it_trained(
         torch.testing.assert_close(quantized(tokens), fake(tokens), rtol=1e-4, atol=1e-4)
 
 
-def test_a_quantizer_that_is_not_a_torchao_config_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(TypeError, match="not a torchao quantization config"):
+def test_a_quantizer_tt_cannot_restore_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="scheme 'torch.nn.Identity' is not one tt saves"):
         run_recipe(
             "qat_finetune",
             "tiny/qat",

@@ -9,7 +9,7 @@ import pytest
 import torch
 from recipe_testing import run_recipe
 from tt_recipes import from_pretrained
-from tt_recipes.training import complete_step_dirs
+from tt_recipes.checkpointing import complete_step_dirs
 
 
 def test_quantize_writes_a_model_that_from_pretrained_restores(
@@ -29,8 +29,8 @@ def test_quantize_writes_a_model_that_from_pretrained_restores(
     assert (got - want).abs().max() < 0.05 * want.abs().max()
 
 
-def test_a_quantizer_that_is_not_a_torchao_config_is_refused_before_loading(tmp_path: Path):
-    with pytest.raises(TypeError, match=r"'torch.nn.Identity' built a Identity, not a torchao"):
+def test_a_quantizer_tt_cannot_restore_is_refused_before_loading(tmp_path: Path):
+    with pytest.raises(ValueError, match=r"scheme 'torch.nn.Identity' is not one tt saves"):
         run_recipe(
             "quantize",
             "tiny/quantize",

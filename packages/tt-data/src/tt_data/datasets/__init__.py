@@ -1,7 +1,6 @@
 """Dataset builders: generic, named (hub defaults) and synthetic."""
 
 from tt_data.datasets.base import (
-    CROSS_ENTROPY_IGNORE_INDEX,
     PreferenceTransform,
     SFTTransform,
     StreamingTokenizedDataset,
@@ -32,7 +31,6 @@ from tt_data.datasets.synthetic import (
 )
 
 __all__ = [
-    "CROSS_ENTROPY_IGNORE_INDEX",
     "PreferenceTransform",
     "SFTTransform",
     "StreamingTokenizedDataset",

@@ -18,7 +18,9 @@ from typing import Any
 import datasets
 import torch
 
+from tt_data.labels import IGNORE_INDEX
 from tt_data.messages import Message, apply_masking, check_masking_strategy
+from tt_data.packing import IterablePackedDataset, PackedDataset
 from tt_data.tokenizers.protocol import ModelTokenizer
 from tt_data.transforms import (
     ChosenRejectedToMessages,
@@ -28,14 +30,13 @@ from tt_data.transforms import (
     ShareGPTToMessages,
 )
 
-CROSS_ENTROPY_IGNORE_INDEX = -100
 Sample = dict[str, list[int]]
 SampleFn = Callable[[Mapping[str, Any], int], Sample]
 
 
 def labels_from_mask(tokens: list[int], mask: list[bool]) -> list[int]:
     """Tokens with masked positions replaced by -100."""
-    return [CROSS_ENTROPY_IGNORE_INDEX if m else t for t, m in zip(tokens, mask)]
+    return [IGNORE_INDEX if m else t for t, m in zip(tokens, mask)]
 
 
 class SFTTransform:
@@ -155,8 +156,6 @@ def build_dataset(
         dataset = TokenizedDataset(rows, sample_fn)
     if not packed:
         return dataset
-    from tt_data.packing import IterablePackedDataset, PackedDataset
-
     max_len = max_seq_len or tokenizer.max_seq_len
     if max_len is None:
         raise ValueError(

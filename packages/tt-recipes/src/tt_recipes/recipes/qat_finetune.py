@@ -1,4 +1,4 @@
-"""Quantization-aware fine-tuning: the ``full_finetune`` loop on a model whose linear layers
+"""Quantization-aware fine-tuning: supervised fine-tuning of a model whose linear layers
 fake-quantize their weights (torchao QAT), so training adapts the weights to the rounding of
 the quantization they will get. Each checkpoint holds the float weights (HF format) like
 ``full_finetune``'s; the final one also holds ``quantized/``, the model quantized for real,
@@ -16,11 +16,10 @@ import torch
 import tt_dist
 from omegaconf import DictConfig, OmegaConf
 
-from tt_recipes import training
+from tt_recipes import checkpointing, trainer
 from tt_recipes.config import ConfigKey, RecipeSpec
 from tt_recipes.pretrained import from_pretrained
-from tt_recipes.quantization import model_bytes, quantize, save_quantized, torchao_config
-from tt_recipes.recipes import full_finetune
+from tt_recipes.quantization import model_bytes, quantize, restorable_config, save_quantized
 
 log = logging.getLogger("tt")
 
@@ -30,7 +29,7 @@ SPEC = RecipeSpec(
     name="qat_finetune",
     description="Quantization-aware fine-tuning (torchao fake quantization) on 1..N processes.",
     keys={
-        **full_finetune.SFT_KEYS,
+        **trainer.TRAINING_KEYS,
         "quantizer": ConfigKey(
             component=True,
             required=True,
@@ -41,17 +40,14 @@ SPEC = RecipeSpec(
 
 
 def recipe_main(cfg: DictConfig) -> None:
-    try:
-        torchao_config(quantizer_of(cfg))  # a wrong quantizer fails before anything loads
-        run = full_finetune.setup(
-            cfg, prepare_model=fake_quantize, save_model=full_finetune.save_full_model
-        )
-        full_finetune.train(run)
-        if run.dist.rank == 0:
+    restorable_config(quantizer_of(cfg))  # a wrong quantizer fails before anything loads
+    with trainer.distributed(cfg) as dist:
+        plan = trainer.ModelPlan(prepare=fake_quantize)
+        run = trainer.setup(cfg, dist, objective=trainer.SFT, plan=plan)
+        trainer.train(run)
+        if dist.rank == 0:
             save_quantized_final(cfg)
-        training.barrier()
-    finally:
-        tt_dist.destroy_distributed()
+        tt_dist.barrier()
 
 
 def quantizer_of(cfg: DictConfig) -> dict:
@@ -63,7 +59,7 @@ def fake_quantize(model: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
     from torchao.quantization import quantize_
     from torchao.quantization.qat import QATConfig
 
-    base = torchao_config(quantizer_of(cfg))
+    base = restorable_config(quantizer_of(cfg))
     quantize_(model, QATConfig(base, step="prepare"))
     log.info(f"Quantization-aware training for {type(base).__name__}")
     return model
@@ -72,8 +68,7 @@ def fake_quantize(model: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
 def save_quantized_final(cfg: DictConfig) -> None:
     """Quantize the final checkpoint's trained weights for real (what torchao's QAT "convert"
     step does: the fake quantization becomes actual integer weights) into ``quantized/``."""
-    out_root = cfg.checkpointer.get("output_dir") or cfg.output_dir
-    final = training.latest_step_dir(out_root)
+    final = checkpointing.latest_step_dir(checkpointing.checkpoint_root(cfg))
     model = from_pretrained(final, dtype=cfg.dtype)
     before = model_bytes(model)
     quantize(model, quantizer_of(cfg))

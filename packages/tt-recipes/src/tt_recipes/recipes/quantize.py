@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from tt_recipes import training
 from tt_recipes.config import ConfigKey, RecipeSpec
 from tt_recipes.pretrained import from_pretrained
-from tt_recipes.quantization import model_bytes, quantize, save_quantized, torchao_config
+from tt_recipes.quantization import model_bytes, quantize, restorable_config, save_quantized
 
 log = logging.getLogger("tt")
 
@@ -30,7 +30,7 @@ SPEC = RecipeSpec(
         "quantizer": ConfigKey(
             component=True,
             required=True,
-            doc="a torchao config, e.g. torchao.quantization.Int8WeightOnlyConfig",
+            doc="a torchao scheme tt can restore, e.g. torchao.quantization.Int8WeightOnlyConfig",
         ),
         "output_dir": ConfigKey(str, required=True, doc="where the quantized model goes"),
         "dtype": ConfigKey(str, default="fp32", doc="of the layers that stay unquantized"),
@@ -42,16 +42,16 @@ SPEC = RecipeSpec(
 def recipe_main(cfg: DictConfig) -> None:
     training.setup_logging()
     quantizer = OmegaConf.to_container(cfg.quantizer, resolve=True)
-    name = type(torchao_config(quantizer)).__name__  # a wrong component fails before loading
+    scheme = restorable_config(quantizer)  # a wrong scheme fails before the model loads
     source = training.resolve_checkpoint_dir(cfg.checkpoint_dir)
     model = from_pretrained(source, dtype=cfg.dtype, device=tt_dist.get_device(cfg.device))
     before = model_bytes(model)
     start = time.perf_counter()
-    layers = quantize(model, quantizer)
+    layers = quantize(model, scheme)
     seconds = time.perf_counter() - start
     after = model_bytes(model)
     log.info(
-        f"Quantized {layers} linear layers with {name} in {seconds:.1f} s: "
+        f"Quantized {layers} linear layers with {type(scheme).__name__} in {seconds:.1f} s: "
         f"{before / 2**20:.2f} MiB -> {after / 2**20:.2f} MiB ({before / after:.2f}x smaller)"
     )
     save_quantized(model, cfg.output_dir, quantizer=quantizer, source_dir=source)
