@@ -78,11 +78,24 @@ def test_run_in_process_by_torchtune_alias(toy_registry, toy_yaml, tmp_path):
     assert json.loads((out / "result.json").read_text())["lr"] == 0.01
 
 
+def fake_popen(launched: list, code: int):
+    """Stands in for subprocess.Popen: records the command, 'exits' with ``code``."""
+
+    class Process:
+        def __init__(self, command):
+            launched.append(command)
+
+        def wait(self):
+            return code
+
+    return Process
+
+
 def test_run_with_torchrun_options_launches_torch_distributed_run(
     toy_registry, toy_yaml, monkeypatch
 ):
     launched = []
-    monkeypatch.setattr(tt_run.subprocess, "call", lambda cmd: launched.append(cmd) or 0)
+    monkeypatch.setattr(tt_run.subprocess, "Popen", fake_popen(launched, 0))
     argv = ["--nproc_per_node", "2", "--standalone", "toy", "--config", str(toy_yaml), "epochs=2"]
     assert main(["run", *argv]) == 0
     assert launched == [
@@ -93,7 +106,7 @@ def test_run_with_torchrun_options_launches_torch_distributed_run(
 
 def test_failed_launch_exits_1_and_bad_config_never_launches(toy_registry, toy_yaml, monkeypatch):
     launched = []
-    monkeypatch.setattr(tt_run.subprocess, "call", lambda cmd: launched.append(cmd) or 3)
+    monkeypatch.setattr(tt_run.subprocess, "Popen", fake_popen(launched, 3))
     assert main(["run", "--nproc_per_node=2", "toy", "--config", str(toy_yaml)]) == 1
     assert main(["run", "--nproc_per_node=2", "toy", "--config", str(toy_yaml), "lr=1"]) == 2
     assert len(launched) == 1
@@ -180,7 +193,19 @@ def test_help_is_complete(command, expected, capsys):
     assert all(text in out for text in expected), out
 
 
-def test_every_bundled_config_passes_tt_validate(capsys):
+def test_every_bundled_config_passes_tt_validate(capsys, tmp_path, monkeypatch):
+    """Where the model or run a config starts from is not there yet, validate says so (and
+    exits 2); once the directories exist the config is valid."""
+    import re
+
+    monkeypatch.chdir(tmp_path)
     for name in registry.CONFIGS:
+        if main(["validate", name]) != 0:
+            err = capsys.readouterr().err
+            missing = re.findall(r"key '[\w.]+': '([^']+)' does not exist", err)
+            lines = [line for line in err.splitlines() if line.strip()]
+            assert missing and all("does not exist" in line for line in lines), err
+            for path in missing:
+                (tmp_path / path).mkdir(parents=True, exist_ok=True)
         assert main(["validate", name]) == 0, capsys.readouterr().err
     assert registry.config_files() == sorted(registry.CONFIGS)

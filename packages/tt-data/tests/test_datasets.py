@@ -37,14 +37,40 @@ def test_instruct_dataset_masks_prompt_and_trains_answer(tmp_path, llama3_tokeni
     assert all_trained[0]["labels"][1:] == all_trained[0]["tokens"][1:]
 
 
-def test_missing_column_names_column_row_and_present_columns(tmp_path, llama3_tokenizer):
+def test_missing_column_names_file_row_column_and_present_columns(tmp_path, llama3_tokenizer):
+    """Found while the dataset is built, before training starts."""
     rows = [{"input": "a", "output": "b"}, {"input": "c", "answer": "d"}]
-    ds = tt_data.instruct_dataset(
-        llama3_tokenizer, source="json", data_files=write_jsonl(tmp_path / "d.jsonl", rows)
-    )
-    assert len(ds[0]["tokens"]) > 0
-    with pytest.raises(KeyError, match=r"row 1: missing column 'output'.*\['answer', 'input'\]"):
-        ds[1]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    with pytest.raises(
+        tt_data.DataError,
+        match=r"d.jsonl: row 1 \(line 2\): missing column 'output'.*\['answer', 'input'\]",
+    ):
+        tt_data.instruct_dataset(llama3_tokenizer, source="json", data_files=path)
+
+
+BAD_FILES = {
+    "not UTF-8": (b'{"input": "a", "output": "b"}\n{"input": "c\xff", "output": "d"}\n',
+                  r"line 2: byte b'\\xff' at column 13 is not UTF-8"),
+    "empty": (b"", r"is empty: a dataset file needs at least one row"),
+    "malformed JSON": (b'{"input": "a", "output": "b"}\n{"input": "c", "output": \n',
+                       r"line 2: not valid JSON \(Expecting value at column 26\)"),
+    "an int in a text column": (
+        "".join(json.dumps({"input": f"q{i}", "output": 42 if i == 13 else f"a{i}"}) + "\n"
+                for i in range(20)).encode(),
+        r"row 13 \(line 14\): column 'output' must be a str, got int: 42",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("problem", sorted(BAD_FILES))
+def test_a_bad_data_file_is_named_by_file_and_line_before_training(
+    tmp_path, llama3_tokenizer, problem
+):
+    content, message = BAD_FILES[problem]
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(tt_data.DataError, match=rf"train.jsonl(,| is|:) .*{message}|{message}"):
+        tt_data.instruct_dataset(llama3_tokenizer, source="json", data_files=str(path))
 
 
 def test_non_string_field_names_row(tmp_path, llama3_tokenizer):
@@ -97,7 +123,7 @@ def test_chat_dataset_sharegpt_and_openai_agree(tmp_path, llama3_tokenizer):
         tt_data.chat_dataset(llama3_tokenizer, source="json", conversation_style="chatml",
                              data_files=write_jsonl(tmp_path / "o.jsonl", [openai]))  # fmt: skip
     bad = {"conversations": [{"from": "robot", "value": "x"}]}
-    with pytest.raises(ValueError, match=r"row 0: turn 0 has 'from'='robot'"):
+    with pytest.raises(ValueError, match=r"b.jsonl: row 0 \(line 1\): turn 0 has 'from'='robot'"):
         tt_data.chat_dataset(llama3_tokenizer, source="json", conversation_style="sharegpt",
                              data_files=write_jsonl(tmp_path / "b.jsonl", [bad]))[0]  # fmt: skip
 

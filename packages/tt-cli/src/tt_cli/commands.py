@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from tt_recipes import registry
-from tt_recipes.config import ConfigError, ConfigKey, RecipeSpec, prepare_config
+from tt_recipes.config import ConfigError, ConfigKey, RecipeSpec
 from tt_recipes.config._errors import did_you_mean
 from tt_recipes.config._types import type_name
 
@@ -93,8 +93,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             f"cannot tell which recipe '{args.config}' is for: pass --recipe NAME (one of: "
             f"{', '.join(registry.available_recipes()) or 'none installed'}) or a recipe .py path"
         )
-    recipe = registry.load_recipe(recipe_ref)
-    prepare_config(recipe.spec, path, args.overrides, source=args.config)
+    recipe, _, _ = registry.load_run(recipe_ref, args.config, args.overrides)
     print(f"OK: {args.config} is a valid config for recipe '{recipe.spec.name}'")
     return 0
 

@@ -1,7 +1,7 @@
 """The ``tt`` command: parse argv, dispatch, turn errors into one paragraph and an exit code.
 
-Exit codes: 0 ok, 1 the run (or download) failed, 2 usage or config error. Set TT_DEBUG=1
-to see tracebacks.
+Exit codes: 0 ok, 1 the run (or download) failed, 2 usage or config error, 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM). Set TT_DEBUG=1 to see tracebacks.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import traceback
 from collections.abc import Sequence
 
 from tt_recipes.config import ConfigError
+from tt_recipes.console import quiet_dependencies
 
 from tt_cli import commands
 from tt_cli.run import USAGE, add_run_parser, run_command
@@ -22,7 +23,8 @@ tt: post-train LLMs with PyTorch. Recipes are single files configured by YAML; e
 config is validated against its recipe before any weights or data load.
 """
 EPILOG = """\
-exit codes: 0 ok, 1 run failure, 2 usage or config error. TT_DEBUG=1 shows tracebacks.
+exit codes: 0 ok, 1 run failure, 2 usage or config error, 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM). TT_DEBUG=1 shows tracebacks.
 
 examples:
   tt ls
@@ -97,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``tt`` with ``argv`` (default: the process's arguments); return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    quiet_dependencies()
     try:
         if argv[:1] == ["run"] and len(argv) > 1 and argv[1] not in ("-h", "--help"):
             return run_command(argv[1:])
@@ -110,6 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except ConfigError as e:
         return _report(f"tt: error: {e}", 2)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (see tt_recipes.interrupts)
+        code = getattr(e, "exit_code", 130)
+        if os.environ.get("RANK", "0") != "0":
+            return code  # under torchrun rank 0 says it once
+        return _report(f"tt: {e or 'interrupted'}", code)
     except Exception as e:
         return _report(f"tt: {argv[0]} failed: {type(e).__name__}: {e}", 1)
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tt_recipes.config import prepare_config
-from tt_recipes.registry import load_recipe, resolve_config
+from tt_recipes.registry import load_run
 
 USAGE = "tt run [torchrun options] RECIPE --config CONFIG [overrides ...]"
 DESCRIPTION = """\
@@ -94,13 +94,36 @@ def run_command(argv: Sequence[str]) -> int:
     """``tt run``: 0 when the recipe finished, 1 when it failed (ConfigError propagates)."""
     torchrun_options, recipe_ref, rest = split_torchrun_args(argv)
     args = _recipe_args(rest, recipe_ref)
-    recipe = load_recipe(recipe_ref)
-    path, _ = resolve_config(args.config)
-    cfg = prepare_config(recipe.spec, path, args.overrides, source=args.config)
+    recipe, cfg, path = load_run(recipe_ref, args.config, args.overrides)
     if torchrun_options:
         command = torchrun_command(
             torchrun_options, recipe_ref, str(path.resolve()), args.overrides
         )
-        return 0 if subprocess.call(command) == 0 else 1
+        return _supervise(subprocess.Popen(command))
     recipe.main(cfg)
     return 0
+
+
+def _supervise(torchrun: subprocess.Popen) -> int:
+    """Wait for torchrun; a SIGTERM sent to ``tt`` is passed on to it, and after Ctrl-C (which
+    the terminal sends to every process of the job) wait for the workers to stop cleanly.
+    The workers' rank 0 prints what happened; exit 130/143 for an interrupt, else 0 or 1."""
+    signalled: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        signalled.append(128 + signum)
+        torchrun.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        while True:
+            try:
+                code = torchrun.wait()
+                break
+            except KeyboardInterrupt:
+                signalled.append(128 + signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if signalled:
+        return signalled[0]
+    return 0 if code == 0 else 1

@@ -11,6 +11,7 @@ from tt_data.collate import (
     padded_collate_sft,
 )
 from tt_data.datasets import (
+    DataError,
     alpaca,
     alpaca_cleaned,
     chat_dataset,
@@ -34,6 +35,7 @@ from tt_data.packing import IterablePackedDataset, PackedDataset
 from tt_data.tokenizers import ModelTokenizer, from_pretrained
 
 __all__ = [
+    "DataError",
     "IGNORE_INDEX",
     "IterablePackedDataset",
     "Message",

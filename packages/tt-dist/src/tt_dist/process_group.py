@@ -120,10 +120,14 @@ def init_distributed(
     return DistInfo(rank, world_size, local_rank, dev, resolved)
 
 
-def destroy_distributed() -> None:
-    """Leave and destroy the process group if one exists (safe to call more than once)."""
+def destroy_distributed(barrier: bool = True) -> None:
+    """Leave and destroy the process group if one exists (safe to call more than once).
+
+    ``barrier=False`` leaves without waiting for the other ranks (after an error or an
+    interrupt, when they may be gone already)."""
     if is_distributed():
-        dist.barrier()
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 

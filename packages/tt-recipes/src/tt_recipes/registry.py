@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from tt_recipes.config import ConfigError, RecipeSpec
+from tt_recipes.config import ConfigError, RecipeSpec, prepare_config
 from tt_recipes.config._errors import did_you_mean
 
 # Recipe name -> module. Modules not written yet are skipped, not errors.
@@ -87,6 +89,10 @@ CONFIGS: dict[str, str] = {
 }
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+# The built-in recipes' specs as data, so a config can be checked (unknown keys, types, value
+# ranges) before any recipe module, and so torch, is imported: a typo answers at once.
+# Written by `python -m tt_recipes.registry`; a test checks it equals the recipes' own SPECs.
+SPEC_SNAPSHOT = Path(__file__).parent / "recipes" / "specs.json"
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,85 @@ def load_recipe(name_or_path: str) -> Recipe:
         f"unknown recipe {name_or_path!r}{did_you_mean(name_or_path, known)}; available "
         f"recipes: {', '.join(names) or 'none installed'} (or a path to a recipe .py file)"
     )
+
+
+def load_run(
+    recipe_ref: str, config_ref: str, overrides: Sequence[str] = ()
+) -> tuple[Recipe, DictConfig, Path]:
+    """The recipe and its checked config, every problem reported before anything heavy loads.
+
+    First the config's keys, types and values are checked against the recipe's spec snapshot
+    (nothing imported); then the recipe is imported and every ``_component_`` resolved and
+    bound to its signature; last, paths the config names (checkpoints, tokenizers, data
+    files) must exist and a CUDA device must be present when one is asked for.
+
+    Raises:
+        ConfigError: naming the file, the key and what would be valid.
+    """
+    path, _ = resolve_config(config_ref)
+    snapshot = snapshot_spec(recipe_ref)
+    if snapshot is not None:
+        prepare_config(snapshot, path, overrides, source=config_ref, resolve_components=False)
+    recipe = load_recipe(recipe_ref)
+    cfg = prepare_config(recipe.spec, path, overrides, source=config_ref)
+    problems = environment_problems(OmegaConf.to_container(cfg, resolve=True))
+    if problems:
+        raise ConfigError("\n".join(f"{config_ref}: {problem}" for problem in problems))
+    return recipe, cfg, path
+
+
+# Keys whose values name a local file or directory that must exist before a run starts.
+_PATH_KEYS = ("checkpoint_dir", "path", "data_files", "include_path")
+
+
+def environment_problems(values: Mapping[str, Any], where: str = "") -> list[str]:
+    """Paths the config names that do not exist; a CUDA device asked for on a machine
+    without one."""
+    problems = []
+    for name, value in values.items():
+        key = f"{where}.{name}" if where else name
+        if name in _PATH_KEYS and value is not None:
+            items = value.values() if isinstance(value, Mapping) else value
+            for item in items if isinstance(items, (list, type({}.values()))) else [items]:
+                if isinstance(item, str) and "://" not in item and not Path(item).exists():
+                    problems.append(f"key '{key}': {item!r} does not exist{_path_hint(name)}")
+        elif isinstance(value, Mapping):
+            problems += environment_problems(value, key)
+        elif name == "device" and isinstance(value, str) and value.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                problems.append(
+                    f"key '{key}': {value!r} needs a CUDA GPU and this machine has none; use "
+                    "device=cpu (or auto, which picks a GPU when there is one)"
+                )
+    return problems
+
+
+def _path_hint(name: str) -> str:
+    if name == "checkpoint_dir":
+        return (
+            " (a Hugging Face model directory, which `tt download` fetches, or the output_dir "
+            "of an earlier tt run)"
+        )
+    return ""
+
+
+def snapshot_spec(name_or_path: str) -> RecipeSpec | None:
+    """The spec of a built-in recipe (name or alias) from the snapshot, without importing it;
+    None for a recipe file or a name the snapshot does not hold."""
+    name = TORCHTUNE_ALIASES.get(name_or_path, name_or_path)
+    if name_or_path.endswith(".py") or not SPEC_SNAPSHOT.is_file():
+        return None
+    data = json.loads(SPEC_SNAPSHOT.read_text())
+    return RecipeSpec.from_dict(data[name]) if name in data else None
+
+
+def write_spec_snapshot(path: Path = SPEC_SNAPSHOT) -> dict:
+    """Import every built-in recipe and write their specs as data."""
+    data = {name: load_recipe(name).spec.to_dict() for name in available_recipes()}
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return data
 
 
 def _load_recipe_file(path: Path) -> Recipe:
@@ -184,3 +269,8 @@ def resolve_config(name_or_path: str) -> tuple[Path, str | None]:
         f"{did_you_mean(name_or_path, CONFIGS)}; bundled configs: "
         f"{', '.join(sorted(CONFIGS)) or 'none yet'} (`tt ls` lists them)"
     )
+
+
+if __name__ == "__main__":
+    written = write_spec_snapshot()
+    print(f"wrote {SPEC_SNAPSHOT} ({len(written)} recipes)")

@@ -34,8 +34,8 @@ from tqdm import tqdm
 from tt_data import padded_collate_packed, padded_collate_sft
 from tt_models import block_causal_mask
 
-from tt_recipes import checkpointing, training
-from tt_recipes.config import ConfigKey, instantiate
+from tt_recipes import checkpointing, console, interrupts, training
+from tt_recipes.config import DEVICE_KEY, TRAINING_DTYPES, ConfigKey, instantiate
 from tt_recipes.losses import IGNORE_INDEX, ChunkedCrossEntropy, shift_labels
 from tt_recipes.metric_logging import StdoutLogger
 
@@ -68,22 +68,26 @@ TRAINING_KEYS: dict[str, ConfigKey] = {
     ),
     "seed": ConfigKey(int, default=0),
     "shuffle": ConfigKey(bool, default=True),
-    "batch_size": ConfigKey(int, default=1, doc="samples per micro-batch per process"),
-    "epochs": ConfigKey(int, default=1),
-    "max_steps_per_epoch": ConfigKey(int | None, default=None),
-    "gradient_accumulation_steps": ConfigKey(int, default=1),
-    "optimizer": ConfigKey(component=True, required=True, positional=1),
+    "batch_size": ConfigKey(int, default=1, min=1, doc="samples per micro-batch per process"),
+    "epochs": ConfigKey(int, default=1, min=1),
+    "max_steps_per_epoch": ConfigKey(int | None, default=None, min=1),
+    "gradient_accumulation_steps": ConfigKey(int, default=1, min=1),
+    "optimizer": ConfigKey(
+        component=True, required=True, positional=1, args={"lr": ConfigKey(float, min=0)}
+    ),
     "lr_scheduler": ConfigKey(
         component=True, positional=2, doc="called with (optimizer, num_training_steps)"
     ),
     "loss": ConfigKey(component=True, doc="defaults to tt_recipes.losses.ChunkedCrossEntropy"),
-    "clip_grad_norm": ConfigKey(float | None, default=None),
-    "dtype": ConfigKey(str, default="fp32", doc="fp32 | bf16"),
-    "device": ConfigKey(str, default="auto", doc="auto | cpu | cuda"),
+    "clip_grad_norm": ConfigKey(float | None, default=None, min=0),
+    "dtype": ConfigKey(
+        str, default="fp32", choices=TRAINING_DTYPES, doc="fp32 | bf16 (fp16 needs loss scaling)"
+    ),
+    "device": DEVICE_KEY,
     "compile": ConfigKey(bool, default=False, doc="torch.compile each transformer block"),
     "enable_activation_checkpointing": ConfigKey(bool, default=False),
-    "save_every_n_steps": ConfigKey(int | None, default=None, doc="also saved at the end"),
-    "keep_last_n_checkpoints": ConfigKey(int | None, default=None),
+    "save_every_n_steps": ConfigKey(int | None, default=None, min=1, doc="also saved at the end"),
+    "keep_last_n_checkpoints": ConfigKey(int | None, default=None, min=1),
     "save_final_training_state": ConfigKey(
         bool,
         default=True,
@@ -91,9 +95,9 @@ TRAINING_KEYS: dict[str, ConfigKey] = {
     ),
     "resume_from_checkpoint": ConfigKey(bool, default=False),
     "dataset_val": ConfigKey(component=True, positional=1, doc="validation dataset"),
-    "run_val_every_n_steps": ConfigKey(int | None, default=None),
+    "run_val_every_n_steps": ConfigKey(int | None, default=None, min=1),
     "metric_logger": ConfigKey(component=True, doc="defaults to stdout"),
-    "log_every_n_steps": ConfigKey(int, default=1),
+    "log_every_n_steps": ConfigKey(int, default=1, min=1),
     "log_peak_memory_stats": ConfigKey(bool, default=True),
     # Multi-process (torchrun) settings; ignored in a single process.
     "fsdp_reshard_after_forward": ConfigKey(
@@ -247,12 +251,17 @@ class Run:
 
 @contextmanager
 def distributed(cfg: DictConfig) -> Iterator[tt_dist.DistInfo]:
-    """Logging, the process group (under torchrun) and the device, for the whole recipe."""
-    training.setup_logging()
-    dist = tt_dist.init_distributed(device=cfg.device)
-    try:
-        yield dist
-    finally:
+    """Logging, the process group (under torchrun) and the device for the whole recipe;
+    SIGTERM stops it like Ctrl-C (see ``tt_recipes.interrupts``)."""
+    console.setup_logging()
+    with interrupts.sigterm_as_interrupt():
+        dist = tt_dist.init_distributed(device=cfg.device)
+        try:
+            yield dist
+        except BaseException:
+            # No barrier on the way out: other ranks may have stopped already.
+            tt_dist.destroy_distributed(barrier=False)
+            raise
         tt_dist.destroy_distributed()
 
 
@@ -556,9 +565,25 @@ def train(run: Run) -> None:
                 if due(step, cfg.save_every_n_steps) and step < run.total_steps:
                     save(run)
         save(run, final=True)
+    except KeyboardInterrupt as interrupt:
+        raise interrupted(run, interrupt) from None
     finally:
         progress.close()
         run.logger.close()
+
+
+def interrupted(run: Run, interrupt: KeyboardInterrupt) -> interrupts.Interrupted:
+    """Where a Ctrl-C / SIGTERM stopped the run and how to go on from there."""
+    root = checkpointing.checkpoint_root(run.cfg)
+    how = str(interrupt) if isinstance(interrupt, interrupts.Interrupted) else "interrupted"
+    resume_hint = (
+        "; resume with resume_from_checkpoint=true" if checkpointing.latest_step_dir(root) else ""
+    )
+    return interrupts.Interrupted(
+        f"{how} at step {run.progress.step}; {checkpointing.last_checkpoint_note(root)}"
+        f"{resume_hint}",
+        interrupts.exit_code(interrupt),
+    )
 
 
 def check_finite(run: Run, loss: float) -> None:

@@ -9,9 +9,7 @@ Recipes call these; they hold no state of their own.
 from __future__ import annotations
 
 import logging
-import os
 import resource
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +22,6 @@ from tt_recipes.pretrained import from_pretrained, resolve_dtype
 from tt_recipes.sampling import ResumableSampler
 
 log = logging.getLogger("tt")
-
-
-def setup_logging() -> None:
-    """Human-readable log lines on rank 0 only (other ranks log warnings and errors)."""
-    level = logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout, force=True)
 
 
 def get_dtype(name: str | None, device: torch.device) -> torch.dtype:

@@ -106,3 +106,19 @@ def test_bundled_configs_spell_out_every_key_their_recipe_reads() -> None:
         if cfg.get("checkpointer", {}).get("checkpoint_dir"):
             missing = [key for key in missing if key != "model"]
         assert not missing, f"{name} does not show keys {missing}"
+
+
+def test_the_spec_snapshot_equals_every_recipes_own_spec() -> None:
+    """specs.json lets the CLI check a config before importing torch; it must say exactly what
+    the recipes declare (regenerate it with `python -m tt_recipes.registry`)."""
+    import json
+
+    from tt_recipes import registry
+
+    snapshot = json.loads(registry.SPEC_SNAPSHOT.read_text())
+    live = {
+        name: registry.load_recipe(name).spec.to_dict() for name in registry.available_recipes()
+    }
+    assert snapshot == live, "recipes/specs.json is stale: run `python -m tt_recipes.registry`"
+    for name in live:  # and it reads back into the same declarations
+        assert registry.snapshot_spec(name).to_dict() == live[name]

@@ -1,6 +1,7 @@
 """Dataset builders: generic, named (hub defaults) and synthetic."""
 
 from tt_data.datasets.base import (
+    DataError,
     PreferenceTransform,
     SFTTransform,
     StreamingTokenizedDataset,
@@ -31,6 +32,7 @@ from tt_data.datasets.synthetic import (
 )
 
 __all__ = [
+    "DataError",
     "PreferenceTransform",
     "SFTTransform",
     "StreamingTokenizedDataset",

@@ -12,6 +12,9 @@ gives an iterable dataset whose ``iter_from(n)`` skips raw rows without tokenizi
 
 from __future__ import annotations
 
+import json
+import os
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -62,6 +65,10 @@ class SFTTransform:
     def __call__(self, row: Mapping[str, Any], index: int) -> Sample:
         return self.tokenize(self.message_transform(row, index))
 
+    def check(self, row: Mapping[str, Any], index: int) -> None:
+        """Raise what ``__call__`` would raise about the row's columns, without tokenizing."""
+        self.message_transform(row, index)
+
 
 class PreferenceTransform(SFTTransform):
     """Row -> (chosen, rejected) -> ``{"chosen_tokens", ..., "rejected_labels"}``."""
@@ -85,11 +92,51 @@ class TextTransform(RowTransform):
         self.tokenizer = tokenizer
 
     def __call__(self, row: Mapping[str, Any], index: int) -> Sample:
+        self.check(row, index)
         tokens = self.tokenizer.encode(self.field(row, "text", index))
         truncate = getattr(self.tokenizer, "truncate", None)
         if truncate is not None:
             tokens, _ = truncate(tokens, [False] * len(tokens))
         return {"tokens": tokens, "labels": list(tokens)}
+
+    def check(self, row: Mapping[str, Any], index: int) -> None:
+        self.field(row, "text", index)
+
+
+class DataError(ValueError):
+    """A dataset's file or row cannot be used; the message names the file and the row."""
+
+
+# Where each loaded set of rows came from (a file, a hub dataset), for error messages.
+_ORIGINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _check_rows(rows: datasets.Dataset, sample_fn: SampleFn) -> None:
+    """Every row has the columns and types the transform reads: found now, with the file and
+    row named, rather than as a bare error in the middle of training."""
+    check = getattr(sample_fn, "check", None)
+    if check is None:
+        return
+    origin = _ORIGINS.get(rows)
+    index = 0
+    try:
+        for index, row in enumerate(rows):
+            _check_row(check, row, index, origin)
+    except UnicodeDecodeError as e:  # datasets may read a non-UTF-8 file and fail on access
+        problem = _diagnose(origin["files"], origin["source"]) if origin else None
+        raise DataError(problem or f"row {index}: text that is not UTF-8 ({e})") from None
+
+
+def _check_row(check: Callable, row: Mapping[str, Any], index: int, origin: Any) -> None:
+    try:
+        check(row, index)
+    except (KeyError, TypeError, ValueError) as e:
+        message = e.args[0] if e.args else str(e)
+        where = f"{origin['name']}: " if origin else ""
+        line = f" (line {index + 1})" if origin and origin["line_per_row"] else ""
+        raise DataError(
+            f"{where}{message.replace(f'row {index}', f'row {index}{line}', 1)}"
+        ) from None
 
 
 class TokenizedDataset(torch.utils.data.Dataset):
@@ -115,9 +162,14 @@ class StreamingTokenizedDataset(torch.utils.data.IterableDataset):
 
     def iter_from(self, start: int) -> Iterator[Sample]:
         """Samples from raw row ``start`` on; skipped rows are not tokenized."""
+        origin = _ORIGINS.get(self.rows)
         for index, row in enumerate(self.rows):
             if index >= start:
-                yield self.sample_fn(row, index)
+                try:
+                    yield self.sample_fn(row, index)
+                except (KeyError, TypeError) as e:
+                    where = f"{origin['name']}: " if origin else ""
+                    raise DataError(f"{where}{e.args[0] if e.args else e}") from None
 
     def __iter__(self) -> Iterator[Sample]:
         return self.iter_from(0)
@@ -129,8 +181,18 @@ def load_rows(
     filter_fn: Callable[[dict], bool] | None = None,
     **load_dataset_kwargs: Any,
 ) -> datasets.Dataset | datasets.IterableDataset:
-    """``datasets.load_dataset(source, split=split, ...)``, filtered, refusing empty results."""
-    rows = datasets.load_dataset(source, split=split, **load_dataset_kwargs)
+    """``datasets.load_dataset(source, split=split, ...)``, filtered, refusing empty results.
+
+    A local file that cannot be read (not UTF-8, malformed JSON, empty) is a ``DataError``
+    naming the file and the line."""
+    files = _local_files(load_dataset_kwargs.get("data_files"))
+    try:
+        rows = datasets.load_dataset(source, split=split, **load_dataset_kwargs)
+    except Exception as e:  # StopIteration (an empty file) included
+        problem = _diagnose(files, source)
+        if problem is None:
+            raise
+        raise DataError(problem) from e
     where = f"dataset {source!r} (split={split!r}, {load_dataset_kwargs})"
     if not isinstance(rows, (datasets.Dataset, datasets.IterableDataset)):
         raise ValueError(f"{where} gave a {type(rows).__name__}; pass a single split")
@@ -139,7 +201,65 @@ def load_rows(
     if isinstance(rows, datasets.Dataset) and len(rows) == 0:
         reason = " after filter_fn" if filter_fn is not None else ""
         raise ValueError(f"{where} has no rows{reason}; a training dataset cannot be empty")
+    name = files[0] if len(files) == 1 else f"dataset {source!r}"
+    line_per_row = len(files) == 1 and files[0].endswith(".jsonl") and filter_fn is None
+    _ORIGINS[rows] = {
+        "name": str(name),
+        "line_per_row": line_per_row,
+        "files": files,
+        "source": source,
+    }
     return rows
+
+
+def _local_files(data_files: Any) -> list[str]:
+    """The local paths among ``data_files`` (a path, a list, or a dict of split -> paths)."""
+    if data_files is None:
+        return []
+    if isinstance(data_files, Mapping):
+        return [f for v in data_files.values() for f in _local_files(v)]
+    items = [data_files] if isinstance(data_files, (str, os.PathLike)) else list(data_files)
+    return [str(f) for f in items if "://" not in str(f) and os.path.isfile(f)]
+
+
+def _diagnose(files: list[str], source: str) -> str | None:
+    """The first thing wrong with local data files, named by file and line; None if none is
+    found (the error was not about the files)."""
+    for path in files:
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+        if not any(line.strip() for line in lines):
+            return f"{path} is empty: a dataset file needs at least one row"
+        for number, raw in enumerate(lines, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return (
+                    f"{path}, line {number}: byte {raw[e.start : e.start + 1]!r} at column "
+                    f"{e.start + 1} is not UTF-8; re-save the file as UTF-8"
+                )
+        if source == "json":
+            problem = _json_problem(path, [raw.decode("utf-8") for raw in lines])
+            if problem is not None:
+                return problem
+    return None
+
+
+def _json_problem(path: str, lines: list[str]) -> str | None:
+    """A JSON file (one document) or JSON Lines file (one object per line) that parses as
+    neither: the first line that fails."""
+    try:
+        json.loads("\n".join(lines))
+        return None
+    except json.JSONDecodeError:
+        pass
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as e:
+                return f"{path}, line {number}: not valid JSON ({e.msg} at column {e.colno})"
+    return None
 
 
 def build_dataset(
@@ -153,6 +273,7 @@ def build_dataset(
     if isinstance(rows, datasets.IterableDataset):
         dataset: Any = StreamingTokenizedDataset(rows, sample_fn)
     else:
+        _check_rows(rows, sample_fn)
         dataset = TokenizedDataset(rows, sample_fn)
     if not packed:
         return dataset

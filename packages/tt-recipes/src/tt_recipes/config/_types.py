@@ -61,3 +61,19 @@ def type_name(annotation: Any) -> str:
     if origin is None and isinstance(annotation, type):
         return annotation.__name__
     return str(annotation).replace("typing.", "")
+
+
+_NAMES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
+
+
+def parse_type_name(name: str) -> Any:
+    """The annotation ``type_name`` wrote for the plain types and unions of them (``int``,
+    ``float | None``, ``list | str``); None (check nothing) for any other annotation."""
+    parts = [part.strip() for part in name.split("|")]
+    if any(part not in _NAMES and part != "None" for part in parts):
+        return None
+    types_ = [type(None) if part == "None" else _NAMES[part] for part in parts]
+    result = types_[0]
+    for extra in types_[1:]:
+        result = result | extra
+    return result

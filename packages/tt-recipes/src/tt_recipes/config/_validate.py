@@ -30,26 +30,36 @@ def prepare_config(
     path: str | Path,
     overrides: Sequence[str] = (),
     source: str | None = None,
+    *,
+    resolve_components: bool = True,
 ) -> DictConfig:
     """Load ``path``, apply ``overrides``, validate against ``spec`` and fill defaults.
 
-    ``source`` names the config in messages (default: the path).
+    ``source`` names the config in messages (default: the path). ``resolve_components=False``
+    checks keys, types and values without importing any ``_component_`` (fast: no torch).
     """
     cfg = apply_overrides(load_yaml(path), overrides, spec)
-    return validate_config(cfg, spec, source or str(path))
+    return validate_config(cfg, spec, source or str(path), resolve_components=resolve_components)
 
 
-def validate_config(cfg: DictConfig, spec: RecipeSpec, source: str = "config") -> DictConfig:
+def validate_config(
+    cfg: DictConfig,
+    spec: RecipeSpec,
+    source: str = "config",
+    *,
+    resolve_components: bool = True,
+) -> DictConfig:
     """Check ``cfg`` against ``spec``; return a copy with absent optional keys set to defaults.
 
     Raises:
         ConfigError: listing every unknown key (with a suggestion), missing required key,
-            value of the wrong type, unimportable ``_component_`` and argument that does not
-            bind to its component's signature.
+            value of the wrong type or out of range, unimportable ``_component_`` and
+            argument that does not bind to its component's signature.
     """
     values = _resolved(cfg, source)
     problems: list[str] = []
-    _check_section(values, spec.keys, "", f"recipe '{spec.name}'", problems)
+    checker = _Checker(problems, resolve_components)
+    checker.section(values, spec.keys, "", f"recipe '{spec.name}'")
     if problems:
         raise ConfigError("\n".join(f"{source}: {problem}" for problem in problems))
     filled = cfg.copy()
@@ -69,92 +79,105 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def _check_section(
-    values: Mapping[str, Any],
-    keys: Mapping[str, ConfigKey],
-    path: str,
-    reader: str,
-    problems: list[str],
-) -> None:
-    known = [_join(path, name) for name in keys]
-    for name, value in values.items():
-        key_path = _join(path, name)
-        if name in keys:
-            _check_value(value, keys[name], key_path, problems)
+class _Checker:
+    """Collects every problem of a config; with ``resolve`` False no component is imported."""
+
+    def __init__(self, problems: list[str], resolve: bool) -> None:
+        self.problems = problems
+        self.resolve = resolve
+
+    def section(
+        self, values: Mapping[str, Any], keys: Mapping[str, ConfigKey], path: str, reader: str
+    ) -> None:
+        known = [_join(path, name) for name in keys]
+        for name, value in values.items():
+            key_path = _join(path, name)
+            if name in keys:
+                self.value(value, keys[name], key_path)
+            else:
+                self.problems.append(
+                    f"key '{key_path}' is unknown{did_you_mean(key_path, known)}; "
+                    f"{reader} reads: {', '.join(keys) or 'no keys'}"
+                )
+        for name, key in keys.items():
+            if key.required and values.get(name) is None:
+                doc = f": {key.doc}" if key.doc else ""
+                self.problems.append(f"key '{_join(path, name)}' is required but not set{doc}")
+
+    def value(self, value: Any, key: ConfigKey, path: str) -> None:
+        if value is None:
+            return  # whether it may be null is the section's required-key check
+        if key.component:
+            if is_component(value):
+                self.component(value, path, key)
+            elif isinstance(value, list) and value and all(is_component(v) for v in value):
+                # A list of components (e.g. several datasets, concatenated by the recipe).
+                for i, item in enumerate(value):
+                    self.component(item, f"{path}[{i}]", key)
+            else:
+                self.problems.append(
+                    f"key '{path}': expected a mapping with a '{COMPONENT_KEY}' key, got {value!r}"
+                )
+        elif key.type is not None and matches(value, key.type) is False:
+            self.problems.append(_wrong_type(path, key.type, value))
+        elif key.value_problem(value) is not None:
+            self.problems.append(f"key '{path}': {key.value_problem(value)}")
+        elif key.keys is not None:
+            if isinstance(value, dict):
+                self.section(value, key.keys, path, f"section '{path}'")
+            else:
+                self.problems.append(
+                    f"key '{path}': expected a mapping with keys {', '.join(key.keys)}, "
+                    f"got {value!r}"
+                )
         else:
-            problems.append(
-                f"key '{key_path}' is unknown{did_you_mean(key_path, known)}; "
-                f"{reader} reads: {', '.join(keys) or 'no keys'}"
-            )
-    for name, key in keys.items():
-        if key.required and values.get(name) is None:
-            doc = f": {key.doc}" if key.doc else ""
-            problems.append(f"key '{_join(path, name)}' is required but not set{doc}")
+            self.nested_components(value, path)
 
-
-def _check_value(value: Any, key: ConfigKey, path: str, problems: list[str]) -> None:
-    if value is None:
-        return  # whether it may be null is the section's required-key check
-    if key.component:
+    def nested_components(self, value: Any, path: str) -> None:
         if is_component(value):
-            _check_component(value, path, key.positional, problems)
-        elif isinstance(value, list) and value and all(is_component(v) for v in value):
-            # A list of components (e.g. several datasets, concatenated by the recipe).
+            self.component(value, path, ConfigKey(component=True))
+        elif isinstance(value, dict):
+            for name, item in value.items():
+                self.nested_components(item, _join(path, name))
+        elif isinstance(value, list):
             for i, item in enumerate(value):
-                _check_component(item, f"{path}[{i}]", key.positional, problems)
-        else:
-            problems.append(
-                f"key '{path}': expected a mapping with a '{COMPONENT_KEY}' key, got {value!r}"
-            )
-    elif key.type is not None and matches(value, key.type) is False:
-        problems.append(_wrong_type(path, key.type, value))
-    elif key.keys is not None:
-        if isinstance(value, dict):
-            _check_section(value, key.keys, path, f"section '{path}'", problems)
-        else:
-            problems.append(
-                f"key '{path}': expected a mapping with keys {', '.join(key.keys)}, got {value!r}"
-            )
-    else:
-        _check_nested_components(value, path, problems)
+                self.nested_components(item, f"{path}[{i}]")
+
+    def component(self, node: Mapping[str, Any], path: str, key: ConfigKey) -> None:
+        dotted = node[COMPONENT_KEY]
+        kwargs = {k: v for k, v in node.items() if k != COMPONENT_KEY}
+        for name, arg in (key.args or {}).items():
+            if kwargs.get(name) is not None:
+                self.value(kwargs[name], arg, _join(path, name))
+        if not self.resolve:
+            if not isinstance(dotted, str) or not dotted:
+                self.problems.append(
+                    f"key '{path}.{COMPONENT_KEY}': expected a dotted path like "
+                    f"'torch.optim.AdamW', got {dotted!r}"
+                )
+            for name, value in kwargs.items():
+                self.nested_components(value, _join(path, name))
+            return
+        try:
+            target = resolve_component(dotted, where=f"key '{path}.{COMPONENT_KEY}'")
+        except ConfigError as e:
+            self.problems.append(str(e))
+            return
+        signature = _signature(target)
+        if signature is not None:
+            self.problems.extend(_binding_problems(signature, kwargs, key.positional, path, dotted))
+        for name, value in kwargs.items():
+            param = signature.parameters.get(name) if signature is not None else None
+            annotation = param.annotation if param is not None else None
+            if not is_component(value) and matches(value, annotation) is False:
+                self.problems.append(_wrong_type(_join(path, name), annotation, value, dotted))
+            else:
+                self.nested_components(value, _join(path, name))
 
 
 def _wrong_type(path: str, annotation: Any, value: Any, component: str = "") -> str:
     verb = f"{component} expects" if component else "expected"
     return f"key '{path}': {verb} {type_name(annotation)}, got {type(value).__name__} {value!r}"
-
-
-def _check_nested_components(value: Any, path: str, problems: list[str]) -> None:
-    if is_component(value):
-        _check_component(value, path, 0, problems)
-    elif isinstance(value, dict):
-        for name, item in value.items():
-            _check_nested_components(item, _join(path, name), problems)
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_nested_components(item, f"{path}[{i}]", problems)
-
-
-def _check_component(
-    node: Mapping[str, Any], path: str, positional: int, problems: list[str]
-) -> None:
-    dotted = node[COMPONENT_KEY]
-    try:
-        target = resolve_component(dotted, where=f"key '{path}.{COMPONENT_KEY}'")
-    except ConfigError as e:
-        problems.append(str(e))
-        return
-    kwargs = {k: v for k, v in node.items() if k != COMPONENT_KEY}
-    signature = _signature(target)
-    if signature is not None:
-        problems.extend(_binding_problems(signature, kwargs, positional, path, dotted))
-    for name, value in kwargs.items():
-        param = signature.parameters.get(name) if signature is not None else None
-        annotation = param.annotation if param is not None else None
-        if not is_component(value) and matches(value, annotation) is False:
-            problems.append(_wrong_type(_join(path, name), annotation, value, dotted))
-        else:
-            _check_nested_components(value, _join(path, name), problems)
 
 
 def _signature(target: Any) -> inspect.Signature | None:

@@ -18,8 +18,8 @@ from pathlib import Path
 import tt_dist
 from omegaconf import DictConfig
 
-from tt_recipes import training
-from tt_recipes.config import ConfigKey, RecipeSpec, instantiate
+from tt_recipes import console, training
+from tt_recipes.config import DEVICE_KEY, DTYPES, ConfigKey, RecipeSpec, instantiate
 from tt_recipes.config._errors import did_you_mean
 from tt_recipes.pretrained import from_pretrained
 
@@ -43,20 +43,22 @@ SPEC = RecipeSpec(
         "apply_chat_template": ConfigKey(
             bool, default=False, doc="format prompts with the tokenizer's chat template"
         ),
-        "batch_size": ConfigKey(int, default=8),
+        "batch_size": ConfigKey(int, default=8, min=1),
         "max_seq_len": ConfigKey(int | None, default=None, doc="defaults to the tokenizer's"),
-        "max_new_tokens": ConfigKey(int, default=256, doc="when a task sets no max_gen_toks"),
+        "max_new_tokens": ConfigKey(
+            int, default=256, min=1, doc="when a task sets no max_gen_toks"
+        ),
         "bootstrap_iters": ConfigKey(int, default=100000, doc="for non-mean stderrs; 0 skips"),
         "seed": ConfigKey(int, default=1234),
         "output_path": ConfigKey(str | None, default=None, doc="write the results JSON here"),
-        "dtype": ConfigKey(str, default="fp32"),
-        "device": ConfigKey(str, default="auto"),
+        "dtype": ConfigKey(str, default="fp32", choices=DTYPES),
+        "device": DEVICE_KEY,
     },
 )
 
 
 def recipe_main(cfg: DictConfig) -> None:
-    training.setup_logging()
+    console.setup_logging()
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable, make_table

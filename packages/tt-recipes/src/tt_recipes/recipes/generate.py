@@ -16,8 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from tt_data import Message
 from tt_models import generate_stream
 
-from tt_recipes import training
-from tt_recipes.config import ConfigKey, RecipeSpec, instantiate
+from tt_recipes import console, training
+from tt_recipes.config import DEVICE_KEY, DTYPES, ConfigKey, RecipeSpec, instantiate
 from tt_recipes.pretrained import from_pretrained
 
 log = logging.getLogger("tt")
@@ -34,19 +34,19 @@ SPEC = RecipeSpec(
         "chat": ConfigKey(
             bool, default=True, doc="format a text prompt as a user turn with the chat template"
         ),
-        "max_new_tokens": ConfigKey(int, default=128),
-        "temperature": ConfigKey(float, default=0.0, doc="0 = greedy"),
-        "top_k": ConfigKey(int | None, default=None),
-        "top_p": ConfigKey(float | None, default=None),
+        "max_new_tokens": ConfigKey(int, default=128, min=1),
+        "temperature": ConfigKey(float, default=0.0, min=0, doc="0 = greedy"),
+        "top_k": ConfigKey(int | None, default=None, min=1),
+        "top_p": ConfigKey(float | None, default=None, min=0),
         "seed": ConfigKey(int | None, default=0),
-        "dtype": ConfigKey(str, default="fp32"),
-        "device": ConfigKey(str, default="auto"),
+        "dtype": ConfigKey(str, default="fp32", choices=DTYPES),
+        "device": DEVICE_KEY,
     },
 )
 
 
 def recipe_main(cfg: DictConfig) -> None:
-    training.setup_logging()
+    console.setup_logging()
     device = tt_dist.get_device(cfg.device)
     model = from_pretrained(
         training.resolve_checkpoint_dir(cfg.checkpoint_dir), dtype=cfg.dtype, device=device

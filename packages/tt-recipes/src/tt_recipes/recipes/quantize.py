@@ -15,8 +15,8 @@ import time
 import tt_dist
 from omegaconf import DictConfig, OmegaConf
 
-from tt_recipes import training
-from tt_recipes.config import ConfigKey, RecipeSpec
+from tt_recipes import console, training
+from tt_recipes.config import DEVICE_KEY, DTYPES, ConfigKey, RecipeSpec
 from tt_recipes.pretrained import from_pretrained
 from tt_recipes.quantization import model_bytes, quantize, restorable_config, save_quantized
 
@@ -33,14 +33,16 @@ SPEC = RecipeSpec(
             doc="a torchao scheme tt can restore, e.g. torchao.quantization.Int8WeightOnlyConfig",
         ),
         "output_dir": ConfigKey(str, required=True, doc="where the quantized model goes"),
-        "dtype": ConfigKey(str, default="fp32", doc="of the layers that stay unquantized"),
-        "device": ConfigKey(str, default="auto"),
+        "dtype": ConfigKey(
+            str, default="fp32", choices=DTYPES, doc="of the layers that stay unquantized"
+        ),
+        "device": DEVICE_KEY,
     },
 )
 
 
 def recipe_main(cfg: DictConfig) -> None:
-    training.setup_logging()
+    console.setup_logging()
     quantizer = OmegaConf.to_container(cfg.quantizer, resolve=True)
     scheme = restorable_config(quantizer)  # a wrong scheme fails before the model loads
     source = training.resolve_checkpoint_dir(cfg.checkpoint_dir)

@@ -1,0 +1,36 @@
+"""What a user sees in the terminal: tt's own log lines, and dependencies kept quiet about
+what is not the user's concern. Imports nothing heavy (the CLI calls it before torch loads)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+# Loggers of dependencies that narrate their internals at INFO/WARNING on every command.
+_CHATTY_LOGGERS = {
+    "torch.utils._pytree": logging.ERROR,  # torchao registers enums torch now supports natively
+    "lm_eval": logging.WARNING,  # seeds, task lists, "building contexts" on every evaluation
+    "lm-eval": logging.WARNING,
+    "datasets": logging.WARNING,
+    "torchao": logging.WARNING,
+}
+
+
+def quiet_dependencies() -> None:
+    """Silence dependency messages that are about the dependency, not about the user's run."""
+    for name, level in _CHATTY_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    # torch.distributed.checkpoint narrates every save at DEBUG through its own handler.
+    logging.getLogger("c10d-NullHandler-dcp_logger").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*torch.distributed is disabled.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchao(\..*)?")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"lm_eval(\..*)?")
+
+
+def setup_logging() -> None:
+    """Human-readable log lines on rank 0 only (other ranks log warnings and errors)."""
+    level = logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout, force=True)
+    quiet_dependencies()
