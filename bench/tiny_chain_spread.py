@@ -169,9 +169,13 @@ def chain(root: Path, seed: int, links: tuple[str, ...], result: dict) -> None:
         run("knowledge_distillation", "tiny/kd", [s])
         run("knowledge_distillation", "tiny/kd", [s, "loss.kd_ratio=0",
                                                   "output_dir=./outputs/tiny_labels_only"])  # fmt: skip
-        kd = metrics(root / "outputs/tiny_kd/logs", "val_loss")
-        alone = metrics(root / "outputs/tiny_labels_only/logs", "val_loss")
-        result["kd"] = {"val_loss_kd": kd[max(kd)], "val_loss_labels_only": alone[max(alone)]}
+        run("knowledge_distillation", "tiny/kd", [s, "loss.kd_ratio=1",
+                                                  "output_dir=./outputs/tiny_teacher_only"])  # fmt: skip
+        result["kd"] = {}
+        for name in ("tiny_kd", "tiny_labels_only", "tiny_teacher_only"):
+            val = metrics(root / f"outputs/{name}/logs", "val_loss")
+            result["kd"][f"{name}_first_val"] = val[min(val)]
+            result["kd"][f"{name}_last_val"] = val[max(val)]
     if "qat" in links:
         result["qat"] = qat_versus_ptq(root, s)
 

@@ -147,3 +147,28 @@ def test_two_trained_models_from_two_processes_resume_on_one(tmp_path: Path) -> 
         expected, resumed = _records(one / "logs", key), _records(two / "logs", key)
         for step in range(16, 25):
             assert resumed[step] == pytest.approx(expected[step], rel=1e-5), f"{key} {step}"
+
+
+def test_a_resumed_log_has_every_step_once_and_marks_the_resume(tmp_path: Path) -> None:
+    """A run killed after its checkpoint at step 9 had logged later steps; the resumed run
+    logs them again, so the interrupted run's records after the checkpoint are dropped."""
+    import json
+    import shutil
+
+    run_recipe("full_finetune", "tiny/full", [f"output_dir={tmp_path}", *RESUMABLE, "epochs=1"])
+    log = tmp_path / "logs" / "metrics.jsonl"
+    with log.open("a") as f:  # a record the resumed run must not keep
+        f.write(json.dumps({"step": 13, "loss": 99.0}) + "\n")
+    shutil.rmtree(tmp_path / "step_12")  # so the latest checkpoint is step_9
+    run_recipe(
+        "full_finetune",
+        "tiny/full",
+        [f"output_dir={tmp_path}", *RESUMABLE, "epochs=2", "resume_from_checkpoint=true"],
+    )
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    steps = [r["step"] for r in records if "loss" in r]
+    assert steps == sorted(set(steps)), steps
+    marks = [(r["step"], r["resumed_from"]) for r in records if "resumed_from" in r]
+    assert marks == [(9, str(tmp_path / "step_9"))]
+    assert 99.0 not in [r.get("loss") for r in records]
+    assert steps[-1] == 24

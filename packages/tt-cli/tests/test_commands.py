@@ -91,15 +91,13 @@ def fake_popen(launched: list, code: int):
     return Process
 
 
-def test_run_with_torchrun_options_launches_torch_distributed_run(
-    toy_registry, toy_yaml, monkeypatch
-):
+def test_run_with_torchrun_options_launches_torchrun(toy_registry, toy_yaml, monkeypatch):
     launched = []
     monkeypatch.setattr(tt_run.subprocess, "Popen", fake_popen(launched, 0))
     argv = ["--nproc_per_node", "2", "--standalone", "toy", "--config", str(toy_yaml), "epochs=2"]
     assert main(["run", *argv]) == 0
     assert launched == [
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+        [sys.executable, "-m", "tt_cli.launch", "--nproc_per_node", "2", "--standalone",
          "--module", "tt_cli", "run", "toy", "--config", str(toy_yaml.resolve()), "epochs=2"]
     ]  # fmt: skip
 

@@ -78,7 +78,7 @@ def torchrun_command(
     return [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "tt_cli.launch",  # torch.distributed.run, quiet about what the workers report
         *torchrun_options,
         "--module",
         "tt_cli",
@@ -100,8 +100,19 @@ def run_command(argv: Sequence[str]) -> int:
             torchrun_options, recipe_ref, str(path.resolve()), args.overrides
         )
         return _supervise(subprocess.Popen(command))
-    recipe.main(cfg)
+    try:
+        recipe.main(cfg)
+    except Exception as e:
+        raise RunFailed(recipe.spec.name, e) from e
     return 0
+
+
+class RunFailed(Exception):
+    """A recipe raised: the CLI names the recipe and the error in one line."""
+
+    def __init__(self, recipe: str, error: Exception) -> None:
+        super().__init__(f"{recipe} failed: {type(error).__name__}: {error}")
+        self.error = error
 
 
 def _supervise(torchrun: subprocess.Popen) -> int:
@@ -126,4 +137,4 @@ def _supervise(torchrun: subprocess.Popen) -> int:
         signal.signal(signal.SIGTERM, previous)
     if signalled:
         return signalled[0]
-    return 0 if code == 0 else 1
+    return code if code in (0, 130, 143) else 1

@@ -20,7 +20,7 @@ import errno
 import logging
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Protocol
@@ -161,6 +161,9 @@ def save_checkpoint(
             shutil.rmtree(staged.with_name(staged.name + ".tmp"), ignore_errors=True)
         if isinstance(error, (KeyboardInterrupt, SystemExit)):
             raise
+        interrupt = _find(error, KeyboardInterrupt)  # DCP wraps one that arrived mid-write
+        if interrupt is not None:
+            raise interrupt from None
         # torch.distributed.checkpoint's CheckpointException is a BaseException.
         raise _save_error(error, final, models) from error
     if rank0:
@@ -173,24 +176,31 @@ def save_checkpoint(
 def _save_error(error: BaseException, final: Path, models: Mapping[str, Any]) -> Exception:
     """One line for a failed save: what, where, why, how much room it needs, what is intact."""
     intact = last_checkpoint_note(final.parent)
-    if not _is_disk_full(error):
+    if not is_disk_full(error):
         return CheckpointSaveError(
             f"saving {final} failed: {type(error).__name__}: {_first_line(error)}; nothing of "
             f"it was kept and {intact}"
         )
-    free = shutil.disk_usage(final.parent).free
     needed = sum(_state_bytes(part) for part in models.values())
     return CheckpointSaveError(
-        f"no space left on device while saving {final}: it needs about {needed / 2**20:.0f} MiB "
-        f"for the training state alone and {free / 2**20:.0f} MiB are free there; nothing of it "
-        f"was kept and {intact}. Free some space (keep_last_n_checkpoints prunes old ones), "
-        "or set checkpointer.output_dir to a larger disk, then resume with "
-        "resume_from_checkpoint=true"
+        f"{disk_full(final, needed, 'for the training state alone')}; nothing of it was kept "
+        f"and {intact}. Free some space (keep_last_n_checkpoints prunes old ones), or set "
+        "checkpointer.output_dir to a larger disk, then resume with resume_from_checkpoint=true"
     )
 
 
-def _is_disk_full(error: BaseException) -> bool:
-    """ENOSPC anywhere in the error: its chain, or the per-rank failures DCP collects."""
+def disk_full(path: Path, needed: int, what: str = "") -> str:
+    """ "no space left on device while saving PATH: it needs about N MiB ... and M MiB are
+    free there"."""
+    free = shutil.disk_usage(path.parent).free
+    return (
+        f"no space left on device while saving {path}: it needs about {needed / 2**20:.0f} MiB"
+        f"{' ' + what if what else ''} and {free / 2**20:.0f} MiB are free there"
+    )
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """The error, its chain, and the per-rank failures torch.distributed.checkpoint collects."""
     seen: set[int] = set()
     stack: list[BaseException] = [error]
     while stack:
@@ -198,15 +208,23 @@ def _is_disk_full(error: BaseException) -> bool:
         if id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            return True
-        if "No space left on device" in str(e):
-            return True
-        failures = getattr(e, "failures", None)  # torch.distributed.checkpoint's exception
+        yield e
+        failures = getattr(e, "failures", None)
         if isinstance(failures, Mapping):
             stack += [f[0] if isinstance(f, tuple) else f for f in failures.values()]
         stack += [x for x in (e.__cause__, e.__context__) if x is not None]
-    return False
+
+
+def _find(error: BaseException, kind: type[BaseException]) -> BaseException | None:
+    return next((e for e in _causes(error) if isinstance(e, kind)), None)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """ENOSPC anywhere in the error's causes."""
+    return any(
+        (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e)
+        for e in _causes(error)
+    )
 
 
 def _first_line(error: BaseException) -> str:

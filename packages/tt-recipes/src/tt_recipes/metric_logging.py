@@ -1,7 +1,7 @@
 """Metric loggers: stdout, JSONL on disk, Weights & Biases, TensorBoard.
 
-Every logger has ``log_dict(metrics, step)``, ``log_config(config)`` and ``close()``; recipes
-log through one of them (or ``MultiLogger`` for several). Loggers only write on rank 0.
+Every logger has ``log_dict(metrics, step)``, ``log_config(config)``, ``resumed(step,
+checkpoint)`` and ``close()``; recipes log through one of them. Loggers only write on rank 0.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def format_metrics(metrics: Mapping[str, float], step: int) -> str:
 class MetricLogger(Protocol):
     def log_dict(self, metrics: Mapping[str, float], step: int) -> None: ...
     def log_config(self, config: Mapping[str, Any]) -> None: ...
+    def resumed(self, step: int, checkpoint: str) -> None: ...
     def close(self) -> None: ...
 
 
@@ -52,6 +53,9 @@ class StdoutLogger:
         tqdm.write(format_metrics(metrics, step), file=sys.stdout)
 
     def log_config(self, config: Mapping[str, Any]) -> None:
+        pass
+
+    def resumed(self, step: int, checkpoint: str) -> None:
         pass
 
     def close(self) -> None:
@@ -80,6 +84,23 @@ class DiskLogger:
     def log_config(self, config: Mapping[str, Any]) -> None:
         if _is_rank_zero():
             (self.path.parent / "config.json").write_text(json.dumps(config, indent=2, default=str))
+
+    def resumed(self, step: int, checkpoint: str) -> None:
+        """Drop what the interrupted run logged after ``step`` (the resumed run logs those
+        steps again) and mark where it resumed: every step appears once."""
+        if self._file is None:
+            return
+        self._file.close()
+        kept = [
+            line
+            for line in self.path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]
+        kept.append(json.dumps({"step": step, "time": time.time(), "resumed_from": checkpoint}))
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("\n".join(kept) + "\n", encoding="utf-8")
+        os.replace(tmp, self.path)
+        self._file = self.path.open("a", encoding="utf-8")
 
     def close(self) -> None:
         if self._file is not None:
@@ -124,6 +145,9 @@ class WandBLogger:
         if self._run is not None:
             self._run.config.update(dict(config), allow_val_change=True)
 
+    def resumed(self, step: int, checkpoint: str) -> None:
+        pass  # a new W&B run; steps before this one are in the interrupted run
+
     def close(self) -> None:
         if self._run is not None:
             self._run.finish()
@@ -155,6 +179,10 @@ class TensorBoardLogger:
     def log_config(self, config: Mapping[str, Any]) -> None:
         if self._writer is not None:
             self._writer.add_text("config", json.dumps(config, indent=2, default=str))
+
+    def resumed(self, step: int, checkpoint: str) -> None:
+        if self._writer is not None:
+            self._writer.add_text("resumed_from", checkpoint, global_step=step)
 
     def close(self) -> None:
         if self._writer is not None:

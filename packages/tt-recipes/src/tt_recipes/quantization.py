@@ -152,11 +152,19 @@ def save_quantized(
     config.update(config_updates or {})
     config[CONFIG_FIELD] = dict(quantizer)
     output_dir = Path(output_dir)
-    with atomic_directory(output_dir) as tmp:
-        if source_dir is not None:
-            copy_auxiliary_files(source_dir, tmp)
-        torch.save(model.state_dict(), tmp / QUANTIZED_WEIGHTS)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    try:
+        with atomic_directory(output_dir) as tmp:
+            if source_dir is not None:
+                copy_auxiliary_files(source_dir, tmp)
+            torch.save(model.state_dict(), tmp / QUANTIZED_WEIGHTS)
+            (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    except OSError as e:
+        from tt_recipes.checkpointing import CheckpointSaveError, disk_full, is_disk_full
+
+        if not is_disk_full(e):
+            raise
+        message = disk_full(output_dir, model_bytes(model))
+        raise CheckpointSaveError(f"{message}; nothing of it was kept") from e
     return output_dir
 
 

@@ -252,9 +252,9 @@ class Run:
 @contextmanager
 def distributed(cfg: DictConfig) -> Iterator[tt_dist.DistInfo]:
     """Logging, the process group (under torchrun) and the device for the whole recipe;
-    SIGTERM stops it like Ctrl-C (see ``tt_recipes.interrupts``)."""
+    Ctrl-C and SIGTERM stop it cleanly (see ``tt_recipes.interrupts``)."""
     console.setup_logging()
-    with interrupts.sigterm_as_interrupt():
+    with interrupts.stop_on_signals():
         dist = tt_dist.init_distributed(device=cfg.device)
         try:
             yield dist
@@ -368,6 +368,11 @@ def setup(
 def _build_model(
     cfg: DictConfig, dist: tt_dist.DistInfo, dtype: torch.dtype, plan: ModelPlan
 ) -> torch.nn.Module:
+    if cfg.resume_from_checkpoint:
+        log.info(
+            f"Resuming the run in {checkpointing.checkpoint_root(cfg)}: the model is built, "
+            "then its weights and the run's state come from the latest checkpoint"
+        )
     if dist.is_distributed and cfg.checkpointer.get("checkpoint_dir"):
         model = training.load_sharded_model(cfg, dist.device, dtype, plan.prepare)
     else:
@@ -567,6 +572,11 @@ def train(run: Run) -> None:
         save(run, final=True)
     except KeyboardInterrupt as interrupt:
         raise interrupted(run, interrupt) from None
+    except BaseException:
+        signal_first = interrupts.received()
+        if signal_first is not None:  # the error came from stopping (e.g. a peer rank left)
+            raise interrupted(run, signal_first) from None
+        raise
     finally:
         progress.close()
         run.logger.close()
@@ -655,3 +665,6 @@ def resume(run: Run) -> None:
         state=stateful_parts(run),
     )
     log.info(f"Resumed from {latest} at step {run.progress.step}")
+    mark = getattr(run.logger, "resumed", None)  # a user's own logger may not have it
+    if mark is not None:
+        mark(run.progress.step, str(latest))

@@ -74,7 +74,12 @@ def build_model(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> to
             "set either checkpointer.checkpoint_dir (a model to fine-tune) or model "
             "(a _component_ to build with random weights)"
         )
-    log.info(f"No checkpoint given: building {cfg.model._component_} with random weights")
+    weights = (
+        "weights from the run being resumed"
+        if cfg.get("resume_from_checkpoint")
+        else ("random weights")
+    )
+    log.info(f"No checkpoint given: building {cfg.model._component_} with {weights}")
     with torch.device(device):
         model = instantiate(cfg.model, dtype=dtype)
     return model.train()
