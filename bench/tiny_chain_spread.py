@@ -218,13 +218,10 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    sys.path.insert(0, str(Path(__file__).parent))
+    from finetune_bench import _cpu_model
+
+    return _cpu_model()
 
 
 def summarize(records: list[dict]) -> None:

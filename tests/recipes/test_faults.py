@@ -14,19 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from recipe_testing import FAST_FULL, losses, run_recipe
+from recipe_testing import RESUMABLE, losses, run_recipe
 
 FAULTS = Path(__file__).parents[1] / "faults"
-# 24 steps in 2 epochs, a checkpoint every 3, each step logged.
-RUN = [
-    *FAST_FULL,
-    "save_every_n_steps=3",
-    "keep_last_n_checkpoints=2",
-    "dataset.n=1280",
-    "batch_size=8",
-    "max_steps_per_epoch=12",
-    "epochs=2",
-]
+RUN = RESUMABLE  # 24 steps in 2 epochs, a checkpoint every 3, each step logged
 
 
 def tt(*args: str, fault: str | None = None, after: int = 0, **popen) -> subprocess.Popen:

@@ -12,20 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from recipe_testing import FAST_FULL, losses, records, run_recipe
+from recipe_testing import FAST_FULL, RESUMABLE, losses, records, run_recipe
 from tt_recipes.checkpointing import complete_step_dirs
-
-# Shuffled data and a warmup+cosine schedule: the data position and scheduler state matter.
-RESUMABLE = [
-    *FAST_FULL,
-    "save_every_n_steps=3",
-    "keep_last_n_checkpoints=2",
-    "dataset.n=1280",
-    "batch_size=8",
-    "max_steps_per_epoch=12",
-    "epochs=2",
-]
-
 
 TWO_MODELS = str(Path(__file__).parent / "two_models_recipe.py")
 

@@ -144,23 +144,21 @@ def barrier() -> None:
 
 def sum_over_ranks(value: float) -> float:
     """A number summed over all processes (the number itself in a single process)."""
-    if not is_distributed():
-        return value
-    tensor = torch.tensor(float(value), dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        tensor = tensor.cuda()
-    dist.all_reduce(tensor)
-    return float(tensor.item())
+    return _all_reduce(value, "sum")
 
 
 def max_over_ranks(value: float) -> float:
     """The largest of a number over all processes."""
+    return _all_reduce(value, "max")
+
+
+def _all_reduce(value: float, op: str) -> float:
     if not is_distributed():
         return value
     tensor = torch.tensor(float(value), dtype=torch.float64)
     if dist.get_backend() == "nccl":
         tensor = tensor.cuda()
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
     return float(tensor.item())
 
 

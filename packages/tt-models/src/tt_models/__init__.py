@@ -15,50 +15,12 @@ Example::
     tokens, logprobs = generate(model, [[1, 2, 3], [4, 5]], 32, temperature=0)
 """
 
+from tt_models import sizes
 from tt_models.attention import MultiHeadAttention
-from tt_models.builders import (
-    build_model,
-    llama2_7b,
-    llama2_13b,
-    llama2_70b,
-    llama3_1_8b,
-    llama3_1_70b,
-    llama3_1_405b,
-    llama3_2_1b,
-    llama3_2_3b,
-    llama3_3_70b,
-    llama3_8b,
-    llama3_70b,
-    transformer_decoder,
-)
+from tt_models.builders import build_model, transformer_decoder
 from tt_models.config import DecoderConfig
 from tt_models.decoder import TransformerDecoder, TransformerSelfAttentionLayer
-from tt_models.families import (
-    gemma2_2b,
-    gemma2_9b,
-    gemma2_27b,
-    gemma_2b,
-    gemma_7b,
-    mistral_7b,
-    phi3_mini,
-    phi4_14b,
-    qwen2_5_0_5b,
-    qwen2_5_1_5b,
-    qwen2_5_3b,
-    qwen2_5_7b,
-    qwen2_5_14b,
-    qwen2_5_32b,
-    qwen2_5_72b,
-    qwen3_0_6b,
-    qwen3_1_7b,
-    qwen3_4b,
-    qwen3_8b,
-    qwen3_14b,
-    qwen3_32b,
-    smollm2_1_7b,
-    smollm2_135m,
-    smollm2_360m,
-)
+from tt_models.families import FAMILIES, Family
 from tt_models.feed_forward import FeedForward
 from tt_models.generation import generate, generate_stream
 from tt_models.hf_config import SUPPORTED_MODEL_TYPES, from_hf_config, to_hf_config
@@ -66,10 +28,13 @@ from tt_models.kv_cache import KVCache
 from tt_models.masks import block_causal_mask, padded_mask_and_positions
 from tt_models.norm import RMSNorm
 from tt_models.rope import RotaryEmbedding, apply_rope, rope_inv_freq
+from tt_models.sizes import *  # noqa: F403  (llama3_2_1b, qwen2_5_0_5b, ...: the SIZES table)
 
 __all__ = [
+    "FAMILIES",
     "SUPPORTED_MODEL_TYPES",
     "DecoderConfig",
+    "Family",
     "FeedForward",
     "KVCache",
     "MultiHeadAttention",
@@ -81,45 +46,11 @@ __all__ = [
     "block_causal_mask",
     "build_model",
     "from_hf_config",
-    "gemma2_27b",
-    "gemma2_2b",
-    "gemma2_9b",
-    "gemma_2b",
-    "gemma_7b",
     "generate",
     "generate_stream",
-    "llama2_13b",
-    "llama2_70b",
-    "llama2_7b",
-    "llama3_1_405b",
-    "llama3_1_70b",
-    "llama3_1_8b",
-    "llama3_2_1b",
-    "llama3_2_3b",
-    "llama3_3_70b",
-    "llama3_70b",
-    "llama3_8b",
-    "mistral_7b",
     "padded_mask_and_positions",
-    "phi3_mini",
-    "phi4_14b",
-    "qwen2_5_0_5b",
-    "qwen2_5_14b",
-    "qwen2_5_1_5b",
-    "qwen2_5_32b",
-    "qwen2_5_3b",
-    "qwen2_5_72b",
-    "qwen2_5_7b",
-    "qwen3_0_6b",
-    "qwen3_14b",
-    "qwen3_1_7b",
-    "qwen3_32b",
-    "qwen3_4b",
-    "qwen3_8b",
     "rope_inv_freq",
-    "smollm2_135m",
-    "smollm2_1_7b",
-    "smollm2_360m",
     "to_hf_config",
     "transformer_decoder",
+    *sizes.__all__,
 ]

@@ -9,9 +9,8 @@ from pathlib import Path
 from tt_recipes.config import prepare_config
 from tt_recipes.registry import load_recipe, resolve_config
 
-# Shrinks tiny/full to a few seconds of CPU: fewer samples, no validation, frequent logs.
-FAST_FULL = [
-    "dataset.n=640",
+# One epoch of small batches, no validation, every step logged, saved only at the end.
+_SHORT = [
     "epochs=1",
     "batch_size=16",
     "run_val_every_n_steps=null",
@@ -19,17 +18,20 @@ FAST_FULL = [
     "log_every_n_steps=1",
     "save_every_n_steps=null",
 ]
-
-
+# Shrinks tiny/full to a few seconds of CPU.
+FAST_FULL = ["dataset.n=640", *_SHORT]
 # Shrinks tiny/lora the same way (set dataset.n and checkpointer.checkpoint_dir beside it).
-FAST_LORA = [
-    "epochs=1",
-    "batch_size=16",
-    "run_val_every_n_steps=null",
-    "~dataset_val",
-    "log_every_n_steps=1",
-    "save_every_n_steps=null",
-    "optimizer.lr=1e-2",
+FAST_LORA = [*_SHORT, "optimizer.lr=1e-2"]
+# tiny/full for resume tests: 2 epochs x 12 steps of shuffled data and a warmup+cosine
+# schedule (the data position and scheduler state matter), a checkpoint every 3 steps.
+RESUMABLE = [
+    *FAST_FULL,
+    "save_every_n_steps=3",
+    "keep_last_n_checkpoints=2",
+    "dataset.n=1280",
+    "batch_size=8",
+    "max_steps_per_epoch=12",
+    "epochs=2",
 ]
 
 
