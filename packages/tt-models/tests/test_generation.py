@@ -133,3 +133,57 @@ def test_tensor_prompt_is_an_unpadded_batch():
 def test_generate_rejects_bad_arguments(args, kwargs, message):
     with pytest.raises(ValueError, match=message):
         generate(tiny_tt_model(), *args, **kwargs)
+
+
+def test_per_row_seeds_draw_the_same_whatever_the_batch():
+    """RL rollouts seed every completion by (step, prompt, sample): a row draws the same
+    tokens alone, with other rows, or at another position of the batch."""
+    model = tiny_tt_model()
+    together, _ = generate(model, PROMPTS, 8, temperature=1.0, seeds=[11, 12, 13])
+    for row, prompt in enumerate(PROMPTS):
+        alone, _ = generate(model, [prompt], 8, temperature=1.0, seeds=[11 + row])
+        assert torch.equal(alone[0], together[row])
+    swapped, _ = generate(model, PROMPTS[::-1], 8, temperature=1.0, seeds=[13, 12, 11])
+    assert torch.equal(swapped.flip(0), together)
+    other, _ = generate(model, PROMPTS, 8, temperature=1.0, seeds=[11, 12, 99])
+    assert torch.equal(other[:2], together[:2]) and not torch.equal(other[2], together[2])
+    with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
+        generate(model, PROMPTS, 8, temperature=1.0, seeds=[1, 2])
+
+
+def test_logprobs_at_the_sampling_temperature():
+    model = tiny_tt_model()
+    prompt = [3, 14, 15, 92, 65]
+    tokens, logprobs = generate(
+        model, [prompt], 6, temperature=0.7, seeds=[0], logprob_temperature=0.7
+    )
+    sequence = torch.tensor([prompt + tokens[0].tolist()])
+    with torch.no_grad():
+        tempered = torch.log_softmax(model(sequence).float() / 0.7, dim=-1)
+    expected = tempered[0, len(prompt) - 1 : -1].gather(-1, tokens[0][:, None])[:, 0]
+    assert (logprobs[0] - expected).abs().max() <= 1e-5
+
+
+def test_every_process_stops_together():
+    """Under FSDP each process must run as many forward passes as the others: generation
+    goes on while stop_together says so, even when this process's rows have all stopped."""
+    model = tiny_tt_model()
+    free, _ = generate(model, [PROMPTS[0]], 20, temperature=0)
+    stop = free[0, 1].item()
+    asked = []
+    alone, _ = generate(model, [PROMPTS[0]], 20, temperature=0, stop_tokens=[stop])
+    kept_going, _ = generate(
+        model, [PROMPTS[0]], 20, temperature=0, stop_tokens=[stop],
+        stop_together=lambda done: asked.append(done) or False,
+    )  # fmt: skip
+    assert asked and all(asked)  # asked every few steps, always "all done here"
+    assert torch.equal(kept_going, alone)  # the extra steps produced only trimmed padding
+
+
+@pytest.mark.slow
+def test_a_compiled_decode_step_gives_the_same_tokens():
+    model = tiny_tt_model()
+    eager, eager_lp = generate(model, PROMPTS, 10, temperature=0)
+    compiled, compiled_lp = generate(model, PROMPTS, 10, temperature=0, compile=True)
+    assert torch.equal(compiled, eager)
+    torch.testing.assert_close(compiled_lp, eager_lp, atol=1e-5, rtol=0)

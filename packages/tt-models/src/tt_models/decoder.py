@@ -150,6 +150,24 @@ class TransformerDecoder(nn.Module):
             Logits ``[b, s, vocab_size]`` in the model dtype, or hidden states (see above).
         """
         input_pos = self._check_inputs(tokens, mask, input_pos)
+        return self._run(tokens, mask, input_pos, return_hidden)
+
+    def decode_step(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """Logits ``[b, 1, vocab]`` of one new token per row ``tokens`` ``[b, 1]`` at cache
+        slots ``input_pos`` ``[b, 1]``, attending to every earlier slot of its row.
+
+        ``forward`` without its input checks (which wait on the device): for a generation loop
+        that sized the KV-caches itself, and a static graph ``torch.compile`` can capture.
+        """
+        return self._run(tokens, None, input_pos, return_hidden=False)
+
+    def _run(
+        self,
+        tokens: torch.Tensor,
+        mask: torch.Tensor | None,
+        input_pos: torch.Tensor,
+        return_hidden: bool,
+    ) -> torch.Tensor:
         if mask is None and self.caches_are_enabled():
             slots = torch.arange(self._cache_len(), device=tokens.device)
             mask = slots <= input_pos[..., None]  # [b, s, cache_len]

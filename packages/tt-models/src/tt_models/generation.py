@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -23,6 +23,10 @@ def generate(
     stop_tokens: Sequence[int] | None = None,
     pad_id: int = 0,
     seed: int | None = None,
+    seeds: Sequence[int] | None = None,
+    logprob_temperature: float = 1.0,
+    compile: bool = False,
+    stop_together: Callable[[bool], bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate continuations of a batch of prompts.
 
@@ -41,11 +45,21 @@ def generate(
         stop_tokens: a row stops after producing one of these (it is kept in the output).
         pad_id: fills prompts' left padding and rows' output after they stop.
         seed: seeds the ``torch.Generator`` used for sampling (reproducible runs).
+        seeds: one seed per row instead: row ``i`` samples from its own generator, so what it
+            draws does not depend on which other rows share its batch (RL rollouts seed each
+            completion by step, prompt and sample, so a resumed run draws the same).
+        logprob_temperature: the temperature the returned log-probabilities are computed at
+            (RL losses score completions under the distribution they were sampled from).
+        compile: ``torch.compile`` the one-token decode step (static shapes: the KV-cache is
+            sized once per call, rounded up to a multiple of 64 positions).
+        stop_together: called with "every row here has stopped"; return whether to stop.
+            Under FSDP every process must run the same number of forward passes: pass a
+            function that agrees across processes (stop only when all have stopped).
 
     Returns:
         ``(tokens, logprobs)``, each ``[b, n]`` with ``n <= max_new_tokens`` (fewer when every row
         stopped early). ``logprobs`` are the log-probabilities of the chosen tokens under the
-        model's unmodified distribution (temperature 1, no top-k/top-p), 0 after a row stops.
+        model's distribution at ``logprob_temperature`` (no top-k/top-p), 0 after a row stops.
     """
     steps = list(
         _decode_steps(
@@ -58,10 +72,29 @@ def generate(
             stop_tokens=stop_tokens,
             pad_id=pad_id,
             seed=seed,
+            seeds=seeds,
+            logprob_temperature=logprob_temperature,
+            compile=compile,
+            stop_together=stop_together,
         )
     )
-    tokens, logprobs = zip(*steps)
-    return torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
+    tokens, logprobs = (torch.stack(column, dim=1) for column in zip(*steps))
+    return _trim_finished(tokens, logprobs, stop_tokens, pad_id)
+
+
+def _trim_finished(
+    tokens: torch.Tensor, logprobs: torch.Tensor, stop_tokens: Sequence[int] | None, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop trailing positions where every row had already stopped (the stop check runs
+    every few steps, to spare a host sync per token)."""
+    if not stop_tokens:
+        return tokens, logprobs
+    stopped = torch.isin(tokens, torch.tensor(list(stop_tokens), device=tokens.device))
+    # a row is done after its first stop token; position t is needed while any row is not
+    done_before = (stopped.cumsum(1) - stopped.long()) > 0  # [b, n]
+    needed = (~done_before).any(0).nonzero()
+    n = int(needed.max()) + 1 if len(needed) else 1
+    return tokens[:, :n], logprobs[:, :n]
 
 
 def generate_stream(
@@ -93,6 +126,16 @@ def generate_stream(
         seed=seed,
     ):
         yield int(token[0])
+        if stop_tokens and int(token[0]) in stop_tokens:
+            return
+
+
+# How many tokens are generated between two checks that every row has stopped: each check
+# waits for the device, so checking every token would serialise a GPU's work per token.
+_STOP_CHECK_EVERY = 8
+# The KV-cache length is rounded up to a multiple of this, so a compiled decode step sees few
+# distinct shapes across calls with different prompt lengths.
+_CACHE_ROUNDING = 64
 
 
 @torch.inference_mode()
@@ -107,38 +150,73 @@ def _decode_steps(
     stop_tokens: Sequence[int] | None,
     pad_id: int,
     seed: int | None,
+    seeds: Sequence[int] | None = None,
+    logprob_temperature: float = 1.0,
+    compile: bool = False,
+    stop_together: Callable[[bool], bool] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(tokens [b], logprobs [b])`` for each new position."""
+    """Yield ``(tokens [b], logprobs [b])`` for each new position: one prefill pass over the
+    prompts, then one decode step per token over a KV-cache sized once."""
     _check_sampling(max_new_tokens, temperature, top_k, top_p)
     vocab_size = model.config.vocab_size
     _check_token_ids(prompts, stop_tokens or [], pad_id, vocab_size)
+    if seeds is not None and len(seeds) != len(prompts):
+        raise ValueError(f"generate: {len(seeds)} seeds for {len(prompts)} prompts")
     device = model.output_weight().device
     tokens, input_pos = _left_pad(prompts, pad_id, device)
-    cache_len = tokens.shape[1] + max_new_tokens
-    if cache_len > model.config.max_seq_len:
+    needed = tokens.shape[1] + max_new_tokens
+    if needed > model.config.max_seq_len:
         raise ValueError(
             f"generate: longest prompt ({tokens.shape[1]}) + max_new_tokens ({max_new_tokens}) = "
-            f"{cache_len} exceeds the model's max_seq_len={model.config.max_seq_len}"
+            f"{needed} exceeds the model's max_seq_len={model.config.max_seq_len}"
         )
-    generator = None if seed is None else torch.Generator(device).manual_seed(seed)
+    cache_len = min(-(-needed // _CACHE_ROUNDING) * _CACHE_ROUNDING, model.config.max_seq_len)
+    sampler = _Sampler(temperature, top_k, top_p, seed, seeds, device)
     stop = torch.tensor(list(stop_tokens or []), dtype=torch.long, device=device)
     next_pos = torch.tensor([len(p) for p in prompts], device=device)  # [b]
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    step_fn = torch.compile(model.decode_step, dynamic=False) if compile else model.decode_step
     model.setup_caches(len(prompts), cache_len)
     try:
-        logits = model(tokens, input_pos=input_pos)[:, -1].float()
+        logits = model(tokens, input_pos=input_pos)[:, -1].float()  # prefill
         for step in range(max_new_tokens):
-            token = _pick(logits, temperature, top_k, top_p, generator)
-            logprob = torch.log_softmax(logits, -1).gather(-1, token[:, None])[:, 0]
+            token = sampler.pick(logits)
+            logprob = torch.log_softmax(logits / logprob_temperature, -1).gather(-1, token[:, None])
             token = token.masked_fill(done, pad_id)
-            yield token, logprob.masked_fill(done, 0.0)
+            yield token, logprob[:, 0].masked_fill(done, 0.0)
             done |= torch.isin(token, stop)
-            if step == max_new_tokens - 1 or bool(done.all()):
+            if step == max_new_tokens - 1:
                 return
-            logits = model(token[:, None], input_pos=next_pos[:, None])[:, 0].float()
+            if len(stop) and (step + 1) % _STOP_CHECK_EVERY == 0:
+                all_done = bool(done.all())
+                if stop_together(all_done) if stop_together is not None else all_done:
+                    return
+            logits = step_fn(token[:, None], next_pos[:, None])[:, 0].float()
             next_pos += 1
     finally:
         model.remove_caches()
+
+
+class _Sampler:
+    """Picks one token per row: greedy, or sampled from one generator (``seed``) or from one
+    generator per row (``seeds``)."""
+
+    def __init__(self, temperature, top_k, top_p, seed, seeds, device) -> None:
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.generator = None if seed is None else torch.Generator(device).manual_seed(seed)
+        self.generators = (
+            None if seeds is None else [torch.Generator(device).manual_seed(s) for s in seeds]
+        )
+
+    def pick(self, logits: torch.Tensor) -> torch.Tensor:
+        """``[b, vocab]`` fp32 logits -> ``[b]`` token ids."""
+        if self.temperature == 0:
+            return logits.argmax(-1)
+        probs = _sampling_probs(logits, self.temperature, self.top_k, self.top_p)
+        if self.generators is None:
+            return torch.multinomial(probs, 1, generator=self.generator)[:, 0]
+        rows = [torch.multinomial(p[None], 1, generator=g) for p, g in zip(probs, self.generators)]
+        return torch.cat(rows)[:, 0]
 
 
 def _left_pad(
@@ -161,24 +239,17 @@ def _left_pad(
     return tokens.to(device), input_pos.to(device)
 
 
-def _pick(
-    logits: torch.Tensor,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    generator: torch.Generator | None,
+def _sampling_probs(
+    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None
 ) -> torch.Tensor:
-    """Choose one token per row from fp32 ``logits`` ``[b, vocab]``; returns ``[b]``."""
-    if temperature == 0:
-        return logits.argmax(-1)
+    """The distribution to sample from: ``logits`` at ``temperature``, top-k then top-p."""
     logits = logits / temperature
     if top_k is not None:
         kth_best = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth_best, float("-inf"))
     if top_p is not None:
         logits = _top_p_filter(logits, top_p)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    return torch.softmax(logits, dim=-1)
 
 
 def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
