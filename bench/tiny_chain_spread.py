@@ -1,7 +1,7 @@
 """How much the tiny chain's outcomes move with the seed and with the CPU's kernels.
 
 The bundled tiny configs are what a newcomer runs first and what CI's integration test chains
-(full -> eval -> quantize -> LoRA -> generate -> DPO -> KD -> QAT). Their outcomes depend on
+(full -> eval -> quantize -> LoRA -> generate -> DPO -> KD -> QAT -> GRPO). Their outcomes depend on
 floating-point rounding, which differs between CPUs (AMD EPYC, Intel Xeon with AVX-512/AMX):
 this benchmark runs the chain for several seeds under each kernel path, so the thresholds in
 tests/recipes/test_tiny_default.py and the numbers in the README rest on a measured spread.
@@ -45,9 +45,13 @@ KERNELS = {
     "aten": {"ATEN_CPU_CAPABILITY": "avx2"},
     "onednn": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
 }
-LINKS = ("full", "eval", "quantize", "lora", "generate", "dpo", "kd", "qat")
+LINKS = ("full", "eval", "quantize", "lora", "generate", "dpo", "kd", "qat", "grpo")
 # The prompts the integration test asks after tiny/lora (operands above 20 are LoRA's).
 PROMPTS = [(25, 14), (12, 7), (22, 8), (27, 19), (30, 30), (4, 29)]
+
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "recipes"))
+from tiny_chain import QAT_COMPARISON, exact_match, greedy_answers, validation_loss  # noqa: E402
 
 
 def run(recipe: str, config: str, overrides: list[str]) -> None:
@@ -66,44 +70,6 @@ def metrics(log_dir: Path, key: str) -> dict[int, float]:
         if key in record:
             out[record["step"]] = record[key]
     return out
-
-
-def greedy_answers(model_dir: Path, pairs: list[tuple[int, int]]) -> list[str]:
-    """What the model answers to "What is a + b?" (greedy, chat-formatted)."""
-    import torch
-    from tt_data import Message
-    from tt_data.tokenizers import from_pretrained as load_tokenizer
-    from tt_models import generate
-    from tt_recipes import from_pretrained
-    from tt_recipes.training import resolve_checkpoint_dir
-
-    directory = resolve_checkpoint_dir(model_dir)
-    tokenizer = load_tokenizer(directory)
-    model = from_pretrained(directory)
-    prompts = [
-        tokenizer.tokenize_messages(
-            [Message(role="user", content=f"What is {a} + {b}?")], add_generation_prompt=True
-        )[0]
-        for a, b in pairs
-    ]
-    with torch.no_grad():
-        out, _ = generate(model, prompts, 6, temperature=0.0, stop_tokens=tokenizer.stop_tokens)
-    answers = []
-    for row in out.tolist():
-        ids = []
-        for token in row:
-            if token in tokenizer.stop_tokens:
-                break
-            ids.append(token)
-        answers.append(tokenizer.decode(ids).strip())
-    return answers
-
-
-def exact_match(model_dir: Path, low: int, high: int) -> float:
-    """Greedy exact match over every a + b with max(a, b) in [low, high] and min(a, b) >= 0."""
-    pairs = [(a, b) for a in range(high + 1) for b in range(high + 1) if max(a, b) >= low]
-    answers = greedy_answers(model_dir, pairs)
-    return sum(ans == str(a + b) for (a, b), ans in zip(pairs, answers)) / len(pairs)
 
 
 def eval_scores(out: Path, checkpoint: str) -> dict[str, float]:
@@ -178,11 +144,19 @@ def chain(root: Path, seed: int, links: tuple[str, ...], result: dict) -> None:
             result["kd"][f"{name}_last_val"] = val[max(val)]
     if "qat" in links:
         result["qat"] = qat_versus_ptq(root, s)
+    if "grpo" in links:
+        t = time.perf_counter()
+        run("grpo", "tiny/grpo", [s])
+        val = metrics(root / "outputs/tiny_grpo/logs", "val_reward")
+        result["grpo"] = {
+            "val_reward_start": val[0],
+            "val_reward": val,
+            "val_reward_end": val[max(val)],
+            "seconds": time.perf_counter() - t,
+        }
 
 
 def qat_versus_ptq(root: Path, seed_override: str) -> dict[str, float]:
-    sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "recipes"))
-    from tiny_chain import QAT_COMPARISON, validation_loss
     from tt_recipes.checkpointing import latest_step_dir
 
     run("qat_finetune", "tiny/qat", [seed_override])

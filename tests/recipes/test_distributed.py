@@ -283,3 +283,45 @@ def test_resume_with_a_different_global_batch_is_refused(tmp_path: Path) -> None
             "tiny/full",
             [f"output_dir={tmp_path}", *SHORT, "batch_size=8", "resume_from_checkpoint=true"],
         )
+
+
+GRPO = [
+    "dataset.n=32",
+    "num_generations=4",
+    "max_new_tokens=4",
+    "~dataset_val",
+    "run_val_every_n_steps=null",
+    "log_every_n_steps=1",
+    "save_every_n_steps=null",
+]
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("peft", ["lora", "full"])
+def test_grpo_on_two_processes_makes_the_update_of_one(
+    tiny_full_run: Path, tmp_path: Path, peft: str
+) -> None:
+    """The first step: the same prompts (each process takes half), the same completions
+    (seeded by prompt row, not by process), the same rewards; the update then equals one
+    process's on the whole batch to float tolerance."""
+    common = [f"checkpointer.checkpoint_dir={tiny_full_run}", *GRPO, "max_steps_per_epoch=1",
+              *(["peft=null", "optimizer.lr=1e-4", "loss.beta=0.04"] if peft == "full" else [])]  # fmt: skip
+    two, one = tmp_path / "two", tmp_path / "one"
+    torchrun(2, "grpo", "tiny/grpo", [f"output_dir={two}", *common, "batch_size=4"])
+    run_recipe("grpo", "tiny/grpo", [f"output_dir={one}", *common, "batch_size=8"])
+    a, b = (records_of(run / "logs") for run in (two, one))
+    assert (
+        a[1]["reward"] == b[1]["reward"]
+        and a[1]["completions/mean_length"] == b[1]["completions/mean_length"]
+    )
+    assert a[1]["loss"] == pytest.approx(b[1]["loss"], rel=REL, abs=1e-7)
+    sd_two = from_pretrained(complete_step_dirs(two)[-1]).state_dict()
+    sd_one = from_pretrained(complete_step_dirs(one)[-1]).state_dict()
+    for key in sd_one:
+        torch.testing.assert_close(sd_two[key], sd_one[key], atol=1e-5, rtol=1e-4)
+
+
+def records_of(log_dir: Path) -> dict[int, dict]:
+    from recipe_testing import records
+
+    return records(log_dir, "loss")

@@ -160,3 +160,45 @@ def test_a_resumed_log_has_every_step_once_and_marks_the_resume(tmp_path: Path) 
     assert marks == [(9, str(tmp_path / "step_9"))]
     assert 99.0 not in [r.get("loss") for r in records]
     assert steps[-1] == 24
+
+
+def grpo_overrides(base: Path, out: Path) -> list[str]:
+    """12 GRPO steps of 4 prompts x 4 completions from tiny/full, a checkpoint every 3."""
+    return [
+        f"output_dir={out}",
+        f"checkpointer.checkpoint_dir={base}",
+        "dataset.n=48",
+        "batch_size=4",
+        "num_generations=4",
+        "max_new_tokens=4",
+        "~dataset_val",
+        "run_val_every_n_steps=null",
+        "save_every_n_steps=3",
+        "log_every_n_steps=1",
+    ]
+
+
+@pytest.mark.timeout(600)
+def test_grpo_resumes_after_sigkill_with_the_same_rollouts_and_losses(
+    tiny_full_run: Path, tmp_path: Path
+) -> None:
+    """Completions are seeded by (seed, step, prompt row, sample): the resumed run samples,
+    scores and trains on exactly what the uninterrupted one did."""
+    reference = tmp_path / "reference"
+    run_recipe("grpo", "tiny/grpo", grpo_overrides(tiny_full_run, reference))
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tt_cli", "run", "grpo", "--config", "tiny/grpo",
+         *grpo_overrides(tiny_full_run, killed)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    _kill_after_checkpoint(proc, killed, step=6)
+    run_recipe(
+        "grpo", "tiny/grpo", [*grpo_overrides(tiny_full_run, killed), "resume_from_checkpoint=true"]
+    )
+    for key in ("loss", "reward", "completions/mean_length"):
+        expected, resumed = _records(reference / "logs", key), _records(killed / "logs", key)
+        assert sorted(resumed) == sorted(expected) == list(range(1, 13))
+        for step in range(7, 13):
+            assert resumed[step] == expected[step], f"{key} step {step}"

@@ -18,14 +18,17 @@ from tt_data.datasets import (
     cnn_dailymail,
     grammar,
     gsm8k,
+    gsm8k_prompts,
     hh_rlhf_helpful,
     instruct_dataset,
     preference_dataset,
+    prompt_dataset,
     samsum,
     slimorca,
     stack_exchange_paired,
     synthetic_arithmetic,
     synthetic_arithmetic_preference,
+    synthetic_arithmetic_prompts,
     text_completion_dataset,
     wikitext,
 )
@@ -36,6 +39,9 @@ from tt_data.tokenizers import ModelTokenizer, from_pretrained
 
 __all__ = [
     "DataError",
+    "gsm8k_prompts",
+    "prompt_dataset",
+    "synthetic_arithmetic_prompts",
     "IGNORE_INDEX",
     "IterablePackedDataset",
     "Message",

@@ -27,7 +27,7 @@ from tt_dist.process_group import (
     rank_zero_print,
     sum_over_ranks,
 )
-from tt_dist.sharding import block_predicate, find_blocks, shard_model
+from tt_dist.sharding import block_predicate, find_blocks, shard_model, unsharded
 from tt_dist.state import (
     TrainedModel,
     UnsafeCheckpointError,
@@ -65,5 +65,6 @@ __all__ = [
     "rank_zero_print",
     "save_distributed_state",
     "shard_model",
+    "unsharded",
     "UnsafeCheckpointError",
 ]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -156,3 +157,22 @@ def shard_model(
             fully_shard(unit, **options)
     fully_shard(model, **options)
     return model
+
+
+@contextmanager
+def unsharded(model: nn.Module, reshard_after_forward: bool = True) -> Iterator[None]:
+    """Gather every FSDP2 unit of ``model`` once for many forward passes (token-by-token
+    generation), instead of once per pass; reshard on exit and restore
+    ``reshard_after_forward``. A model that is not sharded is left as it is."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.set_reshard_after_forward(reshard_after_forward, recurse=False)
+            unit.reshard()

@@ -132,6 +132,7 @@ class TransformerDecoder(nn.Module):
         mask: torch.Tensor | None = None,
         input_pos: torch.Tensor | None = None,
         return_hidden: bool = False,
+        check_inputs: bool = True,
     ) -> torch.Tensor:
         """Run the decoder.
 
@@ -145,29 +146,14 @@ class TransformerDecoder(nn.Module):
                 document; counting from the first real token in left-padded rows). With caches
                 they are also the cache slots written and are required. None means ``0..s-1``.
             return_hidden: return the final-norm hidden states ``[b, s, dim]`` instead of logits.
+            check_inputs: validate shapes and cache slots (which waits on the device); off
+                only for a caller that guarantees them (``decode_step``).
 
         Returns:
             Logits ``[b, s, vocab_size]`` in the model dtype, or hidden states (see above).
         """
-        input_pos = self._check_inputs(tokens, mask, input_pos)
-        return self._run(tokens, mask, input_pos, return_hidden)
-
-    def decode_step(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        """Logits ``[b, 1, vocab]`` of one new token per row ``tokens`` ``[b, 1]`` at cache
-        slots ``input_pos`` ``[b, 1]``, attending to every earlier slot of its row.
-
-        ``forward`` without its input checks (which wait on the device): for a generation loop
-        that sized the KV-caches itself, and a static graph ``torch.compile`` can capture.
-        """
-        return self._run(tokens, None, input_pos, return_hidden=False)
-
-    def _run(
-        self,
-        tokens: torch.Tensor,
-        mask: torch.Tensor | None,
-        input_pos: torch.Tensor,
-        return_hidden: bool,
-    ) -> torch.Tensor:
+        if check_inputs:
+            input_pos = self._check_inputs(tokens, mask, input_pos)
         if mask is None and self.caches_are_enabled():
             slots = torch.arange(self._cache_len(), device=tokens.device)
             mask = slots <= input_pos[..., None]  # [b, s, cache_len]
@@ -180,6 +166,16 @@ class TransformerDecoder(nn.Module):
             h = layer(h, rope, masks[self.config.layer_window(index)], input_pos)
         h = self.norm(h)
         return h if return_hidden else self.logits_from_hidden(h)
+
+    def decode_step(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """Logits ``[b, 1, vocab]`` of one new token per row ``tokens`` ``[b, 1]`` at cache
+        slots ``input_pos`` ``[b, 1]``, attending to every earlier slot of its row.
+
+        ``forward`` without its input checks (which wait on the device): for a generation loop
+        that sized the KV-caches itself, and a static graph ``torch.compile`` can capture. It
+        goes through ``__call__``, so module hooks (FSDP's) run as for ``forward``.
+        """
+        return self(tokens, input_pos=input_pos, check_inputs=False)
 
     def _layer_masks(
         self, mask: torch.Tensor | None, input_pos: torch.Tensor

@@ -256,7 +256,7 @@ def source_dir(cfg: DictConfig) -> Path | str | None:
 
     checkpoint_dir = cfg.checkpointer.get("checkpoint_dir")
     if checkpoint_dir:
-        return resolve_checkpoint_dir(checkpoint_dir)
+        return resolve_checkpoint_dir(checkpoint_dir, announce=False)
     return cfg.tokenizer.get("path")
 
 

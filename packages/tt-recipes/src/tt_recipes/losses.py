@@ -131,6 +131,45 @@ def sequence_logprobs(
     return -_row_nll_sums(hidden, project, targets, num_chunks, ignore_index)
 
 
+def token_logprobs(
+    hidden: torch.Tensor,
+    project: Projection,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    num_chunks: int = 8,
+    ignore_index: int = IGNORE_INDEX,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token ``log p(target)`` of ``project(hidden) / temperature`` and the entropy of that
+    distribution (no gradient), both ``[b, s]`` fp32 and 0 where the target is ignored.
+
+    What a policy-gradient loss scores (each completion token under the distribution it was
+    sampled from), chunked and recomputed in backward like ``chunked_cross_entropy_sum``.
+    """
+    logps, entropies = [], []
+    for h, t in zip(hidden.chunk(num_chunks, dim=1), targets.chunk(num_chunks, dim=1)):
+        logp, entropy = torch.utils.checkpoint.checkpoint(
+            _chunk_token_logprobs, h, project, t, temperature, ignore_index, use_reentrant=False
+        )
+        logps.append(logp)
+        entropies.append(entropy)
+    return torch.cat(logps, dim=1), torch.cat(entropies, dim=1)
+
+
+def _chunk_token_logprobs(
+    hidden: torch.Tensor, project: Projection, targets: torch.Tensor, temperature: float,
+    ignore_index: int,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    logits = project(hidden).float() / temperature  # [b, chunk, vocab]
+    logp = -F.cross_entropy(
+        logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index, reduction="none"
+    ).view(targets.shape)
+    with torch.no_grad():
+        log_probs = torch.log_softmax(logits, dim=-1)
+        entropy = -(log_probs.exp() * log_probs).sum(-1) * (targets != ignore_index)
+    return logp, entropy
+
+
 class DPOLoss:
     """Direct Preference Optimization (Rafailov et al., 2023), per preference pair.
 

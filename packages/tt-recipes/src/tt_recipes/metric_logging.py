@@ -1,6 +1,7 @@
 """Metric loggers: stdout, JSONL on disk, Weights & Biases, TensorBoard.
 
-Every logger has ``log_dict(metrics, step)``, ``log_config(config)``, ``resumed(step,
+Every logger has ``log_dict(metrics, step)``, ``log_samples(samples, step)`` (a few example
+records, e.g. RL's prompt / completion / reward), ``log_config(config)``, ``resumed(step,
 checkpoint)`` and ``close()``; recipes log through one of them. Loggers only write on rank 0.
 """
 
@@ -38,8 +39,22 @@ def format_metrics(metrics: Mapping[str, float], step: int) -> str:
 class MetricLogger(Protocol):
     def log_dict(self, metrics: Mapping[str, float], step: int) -> None: ...
     def log_config(self, config: Mapping[str, Any]) -> None: ...
+    def log_samples(self, samples: list[Mapping[str, Any]], step: int) -> None: ...
     def resumed(self, step: int, checkpoint: str) -> None: ...
     def close(self) -> None: ...
+
+
+def format_sample(sample: Mapping[str, Any], width: int = 60) -> str:
+    """``prompt 'What is 2 + 2?' | completion '4' | reward 1``, texts cut to ``width``."""
+    parts = []
+    for key, value in sample.items():
+        if isinstance(value, float):
+            text = f"{value:.4g}"
+        else:
+            value = str(value)
+            text = repr(value if len(value) <= width else value[:width] + "...")
+        parts.append(f"{key} {text}")
+    return " | ".join(parts)
 
 
 class StdoutLogger:
@@ -51,6 +66,14 @@ class StdoutLogger:
         from tqdm import tqdm
 
         tqdm.write(format_metrics(metrics, step), file=sys.stdout)
+
+    def log_samples(self, samples: list[Mapping[str, Any]], step: int) -> None:
+        if not _is_rank_zero():
+            return
+        from tqdm import tqdm
+
+        for sample in samples:
+            tqdm.write(f"step {step} sample | {format_sample(sample)}", file=sys.stdout)
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         pass
@@ -80,6 +103,14 @@ class DiskLogger:
             self._file.flush()
         if self._stdout is not None:
             self._stdout.log_dict(metrics, step)
+
+    def log_samples(self, samples: list[Mapping[str, Any]], step: int) -> None:
+        if self._file is not None:
+            record = {"step": step, "time": time.time(), "samples": list(samples)}
+            self._file.write(json.dumps(record, default=str) + "\n")
+            self._file.flush()
+        if self._stdout is not None:
+            self._stdout.log_samples(samples, step)
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         if _is_rank_zero():
@@ -141,6 +172,18 @@ class WandBLogger:
         if self._stdout is not None:
             self._stdout.log_dict(metrics, step)
 
+    def log_samples(self, samples: list[Mapping[str, Any]], step: int) -> None:
+        if self._run is not None and samples:
+            import wandb
+
+            columns = list(samples[0])
+            table = wandb.Table(
+                columns=columns, data=[[s.get(c) for c in columns] for s in samples]
+            )
+            self._run.log({"samples": table}, step=step)
+        if self._stdout is not None:
+            self._stdout.log_samples(samples, step)
+
     def log_config(self, config: Mapping[str, Any]) -> None:
         if self._run is not None:
             self._run.config.update(dict(config), allow_val_change=True)
@@ -175,6 +218,13 @@ class TensorBoardLogger:
             self._writer.flush()
         if self._stdout is not None:
             self._stdout.log_dict(metrics, step)
+
+    def log_samples(self, samples: list[Mapping[str, Any]], step: int) -> None:
+        if self._writer is not None:
+            text = "\n\n".join(format_sample(sample, width=10_000) for sample in samples)
+            self._writer.add_text("samples", text, global_step=step)
+        if self._stdout is not None:
+            self._stdout.log_samples(samples, step)
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         if self._writer is not None:

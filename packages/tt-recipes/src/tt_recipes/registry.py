@@ -34,6 +34,7 @@ RECIPES: dict[str, str] = {
     "evaluate": "tt_recipes.recipes.evaluate",
     "quantize": "tt_recipes.recipes.quantize",
     "qat_finetune": "tt_recipes.recipes.qat_finetune",
+    "grpo": "tt_recipes.recipes.grpo",
 }
 
 # torchtune recipe name -> tt recipe: tt's recipes run on one device or many.
@@ -53,6 +54,7 @@ TORCHTUNE_ALIASES: dict[str, str] = {
     "eleuther_eval": "evaluate",
     "qat_distributed": "qat_finetune",
     "qat_single_device": "qat_finetune",
+    "dev/grpo_full_finetune_distributed": "grpo",
 }
 
 # Bundled config name ("group/name") -> the recipe it is for.
@@ -65,6 +67,7 @@ CONFIGS: dict[str, str] = {
     "tiny/eval": "evaluate",
     "tiny/quantize": "quantize",
     "tiny/qat": "qat_finetune",
+    "tiny/grpo": "grpo",
     # Real models: weights from `tt download <repo>` (each file's header names the repo).
     "llama3_2/1B_full": "full_finetune",
     "llama3_2/1B_lora": "lora_finetune",

@@ -123,10 +123,11 @@ TRAINING_KEYS: dict[str, ConfigKey] = {
 @dataclass(frozen=True)
 class BatchLoss:
     """One micro-batch's loss, summed over its units (with its graph while training), and
-    metrics summed the same way (the engine logs their means)."""
+    metrics: a float is summed the same way (logged as its mean per unit), a ``(sum, count)``
+    pair is a mean over its own count (e.g. per token when the units are sequences)."""
 
     loss: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float | tuple[float, float]] = field(default_factory=dict)
 
 
 Batch = dict[str, torch.Tensor]
@@ -270,6 +271,10 @@ def setup(
     dist: tt_dist.DistInfo,
     objective: Objective,
     plan: ModelPlan | None = None,
+    *,
+    loss_fn: Any = None,
+    batches_per_step: int | None = None,
+    optimizer_steps_per_step: int = 1,
 ) -> Run:
     """Model (+ ``plan.prepare``), data, optimizer, schedule, loss and logger (``train``
     resumes from a checkpoint when ``resume_from_checkpoint`` is set; a recipe with its own
@@ -277,6 +282,12 @@ def setup(
 
     A multi-process run from a checkpoint builds the model on the meta device, shards it and
     lets each rank materialise only its own shards of the weights (NF4 QLoRA bases included).
+
+    For a recipe whose steps are not one optimizer step over ``gradient_accumulation_steps``
+    loader batches (RL: one batch of prompts, then ``num_iterations`` optimizer steps on its
+    rollouts): ``batches_per_step`` loader batches make a step and the lr schedule runs
+    ``optimizer_steps_per_step`` steps per step. ``loss_fn`` is a loss the recipe built
+    itself (default: ``cfg.loss`` instantiated, else chunked cross-entropy).
     """
     plan = plan or ModelPlan()
     torch.manual_seed(cfg.seed)  # same seed on every rank: identical random init everywhere
@@ -314,7 +325,7 @@ def setup(
             **shard,
         )
 
-    ga = cfg.gradient_accumulation_steps
+    ga = cfg.gradient_accumulation_steps if batches_per_step is None else batches_per_step
     steps_per_epoch = len(loader) // ga
     if cfg.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
@@ -328,12 +339,13 @@ def setup(
 
     optimizer, schedule_optimizer = build_optimizer(model, cfg)
     scheduler = (
-        instantiate(cfg.lr_scheduler, schedule_optimizer, total_steps)
+        instantiate(cfg.lr_scheduler, schedule_optimizer, total_steps * optimizer_steps_per_step)
         if cfg.get("lr_scheduler") is not None
         else None
     )
     _share_scheduled_lr(optimizer, scheduler)
-    loss_fn = instantiate(cfg.loss) if cfg.get("loss") is not None else ChunkedCrossEntropy()
+    if loss_fn is None:
+        loss_fn = instantiate(cfg.loss) if cfg.get("loss") is not None else ChunkedCrossEntropy()
     logger = (
         instantiate(cfg.metric_logger) if cfg.get("metric_logger") is not None else StdoutLogger()
     )
@@ -461,12 +473,12 @@ def forward_backward(run: Run, micro_batches: list[Batch]) -> StepResult:
             f"step {run.progress.step + 1}: nothing to train on in the batch (all labels "
             "masked); check the dataset's masking / train_on_input settings"
         )
-    sums: dict[str, float] = {"loss": 0.0}
+    sums = _Sums()
     for batch in micro_batches:
         out = run.objective.batch_loss(run, batch)
         (out.loss * (world / units)).backward()
-        _add(sums, {"loss": out.loss.item(), **out.metrics})
-    means = {name: tt_dist.sum_over_ranks(value) / units for name, value in sums.items()}
+        sums.add(out)
+    means = sums.means(units)
     return StepResult(loss=means.pop("loss"), tokens=step_tokens(micro_batches), metrics=means)
 
 
@@ -492,9 +504,27 @@ def step_tokens(micro_batches: list[Batch]) -> int:
     return int(tt_dist.sum_over_ranks(sum(int(b["tokens"].numel()) for b in micro_batches)))
 
 
-def _add(sums: dict[str, float], values: dict[str, float]) -> None:
-    for name, value in values.items():
-        sums[name] = sums.get(name, 0.0) + value
+class _Sums:
+    """Adds up micro-batches' losses and metrics; means over all ranks."""
+
+    def __init__(self) -> None:
+        self.per_unit: dict[str, float] = {"loss": 0.0}
+        self.own: dict[str, list[float]] = {}  # name -> [sum, count]
+
+    def add(self, out: BatchLoss) -> None:
+        self.per_unit["loss"] += out.loss.item()
+        for name, value in out.metrics.items():
+            if isinstance(value, tuple):
+                total = self.own.setdefault(name, [0.0, 0.0])
+                total[0], total[1] = total[0] + value[0], total[1] + value[1]
+            else:
+                self.per_unit[name] = self.per_unit.get(name, 0.0) + value
+
+    def means(self, units: float) -> dict[str, float]:
+        means = {name: tt_dist.sum_over_ranks(v) / units for name, v in self.per_unit.items()}
+        for name, (total, count) in self.own.items():
+            means[name] = tt_dist.sum_over_ranks(total) / max(tt_dist.sum_over_ranks(count), 1)
+        return means
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
@@ -506,16 +536,14 @@ def evaluate(run: Run, loader: Any = None) -> dict[str, float]:
     """The objective's loss and metrics over a whole validation set, as ``val_*`` means."""
     loader = loader if loader is not None else run.val_loader
     run.model.eval()
-    sums: dict[str, float] = {"loss": 0.0}
+    sums = _Sums()
     units = 0
     for batch in loader:
         batch = to_device(batch, run.dist.device)
-        out = run.objective.batch_loss(run, batch)
-        _add(sums, {"loss": out.loss.item(), **out.metrics})
+        sums.add(run.objective.batch_loss(run, batch))
         units += run.objective.units(batch)
     run.model.train()
-    total = max(tt_dist.sum_over_ranks(units), 1)
-    means = {name: tt_dist.sum_over_ranks(value) / total for name, value in sums.items()}
+    means = sums.means(max(tt_dist.sum_over_ranks(units), 1))
     # A metric reported as val_loss replaces the objective's own (e.g. distillation's total,
     # a fixed mix of the cross-entropy and KL that are both reported).
     chosen = run.objective.val_loss
@@ -536,22 +564,10 @@ def train(run: Run) -> None:
     if cfg.resume_from_checkpoint:
         resume(run)
     ga = cfg.gradient_accumulation_steps
-    start_epoch, start_in_epoch = divmod(run.progress.step, run.steps_per_epoch)
-    progress = tqdm(
-        total=run.total_steps,
-        initial=run.progress.step,
-        desc="training",
-        unit="step",
-        dynamic_ncols=True,
-        disable=run.dist.rank != 0,
-    )
     window_start, window_tokens = time.perf_counter(), 0
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            first = start_in_epoch if epoch == start_epoch else 0
-            run.sampler.set_epoch(epoch, start_index=first * ga * cfg.batch_size)
-            batches = iter(run.loader)
-            for _ in range(first, run.steps_per_epoch):
+    with stepping(run) as progress:
+        for batches, steps_left in epochs(run, loader_batches_per_step=ga):
+            for _ in range(steps_left):
                 micro_batches = [to_device(next(batches), run.dist.device) for _ in range(ga)]
                 result = forward_backward(run, micro_batches)
                 grad_norm = optimizer_step(run)
@@ -570,11 +586,40 @@ def train(run: Run) -> None:
                 if due(step, cfg.save_every_n_steps) and step < run.total_steps:
                     save(run)
         save(run, final=True)
+
+
+def epochs(run: Run, loader_batches_per_step: int) -> Iterator[tuple[Iterator[Any], int]]:
+    """For each epoch left from the run's step on: an iterator over its loader batches and
+    how many steps remain in it. A resumed run starts mid-epoch at the sample where it
+    stopped (the sampler skips what was seen, without loading it)."""
+    cfg = run.cfg
+    start_epoch, start_in_epoch = divmod(run.progress.step, run.steps_per_epoch)
+    for epoch in range(start_epoch, cfg.epochs):
+        first = start_in_epoch if epoch == start_epoch else 0
+        run.sampler.set_epoch(epoch, start_index=first * loader_batches_per_step * cfg.batch_size)
+        yield iter(run.loader), run.steps_per_epoch - first
+
+
+@contextmanager
+def stepping(run: Run) -> Iterator[Any]:
+    """Around a run's loop: its progress bar; Ctrl-C / SIGTERM become ``Interrupted`` saying
+    where the run stopped (also when what surfaced is an error the signal caused, such as a
+    collective whose peer stopped first); the logger closed at the end."""
+    progress = tqdm(
+        total=run.total_steps,
+        initial=run.progress.step,
+        desc="training",
+        unit="step",
+        dynamic_ncols=True,
+        disable=run.dist.rank != 0,
+    )
+    try:
+        yield progress
     except KeyboardInterrupt as interrupt:
         raise interrupted(run, interrupt) from None
     except BaseException:
         signal_first = interrupts.received()
-        if signal_first is not None:  # the error came from stopping (e.g. a peer rank left)
+        if signal_first is not None:
             raise interrupted(run, signal_first) from None
         raise
     finally:

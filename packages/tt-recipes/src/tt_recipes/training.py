@@ -37,8 +37,9 @@ def get_dtype(name: str | None, device: torch.device) -> torch.dtype:
 # Model and weights
 
 
-def resolve_checkpoint_dir(path: str | Path) -> Path:
-    """A model directory, or a tt run's output_dir: then its latest complete ``step_N``."""
+def resolve_checkpoint_dir(path: str | Path, announce: bool = True) -> Path:
+    """A model directory, or a tt run's output_dir: then its latest complete ``step_N``
+    (said in the log unless ``announce`` is False)."""
     from tt_recipes.checkpointing import latest_step_dir
 
     path = Path(path)
@@ -46,7 +47,8 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
         return path
     latest = latest_step_dir(path)
     if latest is not None and (latest / "config.json").is_file():
-        log.info(f"Using the latest checkpoint of {path}: {latest.name}")
+        if announce:
+            log.info(f"Using the latest checkpoint of {path}: {latest.name}")
         return latest
     contents = sorted(p.name for p in path.iterdir())[:20] if path.is_dir() else None
     raise FileNotFoundError(

@@ -25,6 +25,13 @@ from tt_data.datasets.named import (
     stack_exchange_paired,
     wikitext,
 )
+from tt_data.datasets.prompts import (
+    PromptTransform,
+    arithmetic_prompt_rows,
+    gsm8k_prompts,
+    prompt_dataset,
+    synthetic_arithmetic_prompts,
+)
 from tt_data.datasets.synthetic import (
     arithmetic_rows,
     synthetic_arithmetic,
@@ -32,6 +39,11 @@ from tt_data.datasets.synthetic import (
 )
 
 __all__ = [
+    "PromptTransform",
+    "arithmetic_prompt_rows",
+    "gsm8k_prompts",
+    "prompt_dataset",
+    "synthetic_arithmetic_prompts",
     "DataError",
     "PreferenceTransform",
     "SFTTransform",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +139,9 @@ class RecipeSpec:
     description: str
     keys: Mapping[str, ConfigKey] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
+    # Checks across keys, run on the resolved config after the keys' own checks (may import
+    # what the config names); each returns problems, "key 'a.b': what is wrong".
+    checks: tuple[Callable[[dict[str, Any]], list[str]], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -60,6 +60,10 @@ def validate_config(
     problems: list[str] = []
     checker = _Checker(problems, resolve_components)
     checker.section(values, spec.keys, "", f"recipe '{spec.name}'")
+    if resolve_components and not problems:
+        with_defaults = {name: key.default for name, key in spec.keys.items()} | values
+        for check in spec.checks:
+            problems.extend(check(with_defaults))
     if problems:
         raise ConfigError("\n".join(f"{source}: {problem}" for problem in problems))
     filled = cfg.copy()
