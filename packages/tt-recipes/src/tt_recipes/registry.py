@@ -74,6 +74,8 @@ CONFIGS: dict[str, str] = {
     "llama3_2/1B_qlora": "lora_finetune",
     "llama3_2/1B_lora_dpo": "dpo",
     "llama3_2/1B_eval": "evaluate",
+    "llama3_2/1B_grpo": "grpo",
+    "qwen2_5/0.5B_grpo": "grpo",
     "llama3_1/8B_lora": "lora_finetune",
     "qwen2_5/0.5B_full": "full_finetune",
     "qwen2_5/0.5B_lora": "lora_finetune",
