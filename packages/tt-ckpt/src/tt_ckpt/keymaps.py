@@ -116,6 +116,8 @@ def _decoder_tables(
         ("model.embed_tokens.weight", "tok_embeddings.weight"),
         ("model.norm.weight", "norm.weight"),
         ("lm_head.weight", "output.weight"),
+        # the head of *ForSequenceClassification models (reward and value models)
+        ("score.weight", "score.weight"),
     ]
     shapes = [
         ("tok_embeddings.weight", ("vocab_size", "hidden_size")),

@@ -28,6 +28,7 @@ from tt_models.kv_cache import KVCache
 from tt_models.masks import block_causal_mask, padded_mask_and_positions
 from tt_models.norm import RMSNorm
 from tt_models.rope import RotaryEmbedding, apply_rope, rope_inv_freq
+from tt_models.scorer import TransformerScorer, at_last_token, last_token_index
 from tt_models.sizes import *  # noqa: F403  (llama3_2_1b, qwen2_5_0_5b, ...: the SIZES table)
 
 __all__ = [
@@ -41,7 +42,10 @@ __all__ = [
     "RMSNorm",
     "RotaryEmbedding",
     "TransformerDecoder",
+    "TransformerScorer",
     "TransformerSelfAttentionLayer",
+    "at_last_token",
+    "last_token_index",
     "apply_rope",
     "block_causal_mask",
     "build_model",

@@ -206,6 +206,19 @@ class DPOLoss:
         return losses, self.beta * chosen_ratio.detach(), self.beta * rejected_ratio.detach()
 
 
+class BradleyTerryLoss:
+    """The reward-model loss on preference pairs (Bradley-Terry, as in InstructGPT):
+    ``-log sigmoid(r_chosen - r_rejected - margin)`` per pair. ``margin`` asks the chosen
+    score to exceed the rejected one by that much (Llama 2 uses per-pair margins)."""
+
+    def __init__(self, margin: float = 0.0):
+        self.margin = margin
+
+    def __call__(self, chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+        """Per-pair losses ``[b]`` from the scores ``[b]`` of the chosen and rejected responses."""
+        return -F.logsigmoid(chosen.float() - rejected.float() - self.margin)
+
+
 # ---------------------------------------------------------------------------------------------
 # Knowledge distillation
 

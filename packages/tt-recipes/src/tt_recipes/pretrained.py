@@ -12,7 +12,15 @@ from pathlib import Path
 
 import torch
 from tt_ckpt import load_hf_checkpoint, read_hf_config, save_hf_checkpoint
-from tt_models import TransformerDecoder, build_model, from_hf_config, to_hf_config
+from tt_models import (
+    TransformerDecoder,
+    TransformerScorer,
+    build_model,
+    from_hf_config,
+    to_hf_config,
+)
+
+SEQUENCE_CLASSIFICATION = "ForSequenceClassification"
 
 
 def from_pretrained(
@@ -45,6 +53,52 @@ def from_pretrained(
     return model.eval()
 
 
+def scorer_from_pretrained(
+    checkpoint_dir: str | Path,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    new_head: bool = False,
+) -> TransformerScorer:
+    """A reward or value model from a HF directory (eval mode).
+
+    A ``*ForSequenceClassification`` checkpoint (what ``tt run reward_model`` saves) comes back
+    with its ``score`` head. With ``new_head`` a causal LM checkpoint also does: its decoder
+    under a freshly initialised one-score head (the start of a reward model's training).
+
+    Raises:
+        ValueError: the checkpoint holds no score head and ``new_head`` is False.
+    """
+    config = read_hf_config(checkpoint_dir)
+    dtype = resolve_dtype(dtype) or _checkpoint_dtype(config)
+    has_head = any(a.endswith(SEQUENCE_CLASSIFICATION) for a in config.get("architectures") or [])
+    if not has_head and not new_head:
+        raise ValueError(
+            f"{checkpoint_dir} holds no score head (config.json architectures "
+            f"{config.get('architectures')}); a reward or value model needs a "
+            f"*{SEQUENCE_CLASSIFICATION} checkpoint, which `tt run reward_model` writes"
+        )
+    decoder_config = from_hf_config({**config, "tie_word_embeddings": True})  # no LM head
+    with torch.device("meta"):
+        scorer = TransformerScorer(
+            build_model(decoder_config, device="meta", dtype=dtype),
+            num_labels=_num_labels(config) if has_head else 1,
+        )
+    _, state_dict = load_hf_checkpoint(checkpoint_dir, dtype=dtype, device=device)
+    state_dict.pop("output.weight", None)
+    score = state_dict.pop("score.weight", None)
+    load_weights(scorer.decoder, state_dict, source=str(checkpoint_dir))
+    if score is None:  # a new head, initialised as transformers does (std 0.02)
+        score = torch.empty(scorer.num_labels, decoder_config.dim, dtype=dtype, device=device)
+        torch.nn.init.normal_(score, std=0.02)
+    scorer.score.weight = torch.nn.Parameter(score.to(device=device, dtype=dtype))
+    return scorer.eval()
+
+
+def _num_labels(config: dict) -> int:
+    return config.get("num_labels") or len(config.get("id2label") or {0: 0})
+
+
 def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """Assign checkpoint tensors to a (meta or materialised) model, naming missing/extra keys."""
     missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
@@ -71,15 +125,20 @@ def save_pretrained(
 ) -> Path:
     """Write ``model`` as a HF directory (config.json + safetensors, tokenizer files copied
     from ``source_dir``). ``state_dict`` overrides the model's own (e.g. a gathered FSDP one);
-    ``config_updates`` are written into config.json last (e.g. the tokenizer's token ids)."""
+    ``config_updates`` are written into config.json last (e.g. the tokenizer's token ids).
+
+    A ``TransformerScorer`` is written as transformers' ``*ForSequenceClassification`` of its
+    family (``AutoModelForSequenceClassification`` loads it and gives the same scores)."""
     dtype = resolve_dtype(dtype) or next(model.parameters()).dtype
     config = to_hf_config(model.config, dtype=dtype)
+    weights = state_dict if state_dict is not None else model.state_dict()
+    if isinstance(model, TransformerScorer):
+        config, weights = _as_sequence_classification(config, weights, model.num_labels)
     if source_dir is not None and (Path(source_dir) / "config.json").is_file():
         # Keep fields tt does not model (token ids, architectures' extras) from the source.
         known = {k: v for k, v in config.items() if v is not None}  # None: tt does not know it
         config = {**read_hf_config(source_dir), **known}
     config.update(config_updates or {})
-    weights = state_dict if state_dict is not None else model.state_dict()
     return save_hf_checkpoint(
         weights,
         config,
@@ -88,6 +147,25 @@ def save_pretrained(
         dtype=dtype,
         max_shard_size=max_shard_size,
     )
+
+
+def _as_sequence_classification(
+    config: dict, weights: dict[str, torch.Tensor], num_labels: int
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    architecture = config["architectures"][0].replace("ForCausalLM", SEQUENCE_CLASSIFICATION)
+    config = {
+        **config,
+        "architectures": [architecture],
+        "num_labels": num_labels,
+        "id2label": {str(i): f"LABEL_{i}" for i in range(num_labels)},
+        "label2id": {f"LABEL_{i}": i for i in range(num_labels)},
+        "tie_word_embeddings": False,
+    }
+    decoder = {
+        k.removeprefix("decoder."): v for k, v in weights.items() if k.startswith("decoder.")
+    }
+    decoder.pop("output.weight", None)
+    return config, {**decoder, "score.weight": weights["score.weight"]}
 
 
 _DTYPES = {

@@ -35,6 +35,8 @@ RECIPES: dict[str, str] = {
     "quantize": "tt_recipes.recipes.quantize",
     "qat_finetune": "tt_recipes.recipes.qat_finetune",
     "grpo": "tt_recipes.recipes.grpo",
+    "reward_model": "tt_recipes.recipes.reward_model",
+    "ppo": "tt_recipes.recipes.ppo",
 }
 
 # torchtune recipe name -> tt recipe: tt's recipes run on one device or many.
@@ -55,6 +57,7 @@ TORCHTUNE_ALIASES: dict[str, str] = {
     "qat_distributed": "qat_finetune",
     "qat_single_device": "qat_finetune",
     "dev/grpo_full_finetune_distributed": "grpo",
+    "ppo_full_finetune_single_device": "ppo",
 }
 
 # Bundled config name ("group/name") -> the recipe it is for.
@@ -68,6 +71,8 @@ CONFIGS: dict[str, str] = {
     "tiny/quantize": "quantize",
     "tiny/qat": "qat_finetune",
     "tiny/grpo": "grpo",
+    "tiny/reward_model": "reward_model",
+    "tiny/ppo": "ppo",
     # Real models: weights from `tt download <repo>` (each file's header names the repo).
     "llama3_2/1B_full": "full_finetune",
     "llama3_2/1B_lora": "lora_finetune",

@@ -293,7 +293,7 @@ def setup(
     torch.manual_seed(cfg.seed)  # same seed on every rank: identical random init everywhere
     device = dist.device
     dtype = training.get_dtype(cfg.dtype, device)
-    model = _build_model(cfg, dist, dtype, plan)
+    model = build_trained_model(cfg, dist, dtype, plan)
     trainable, total = training.count_parameters(model)
     where = f"{dist.world_size} processes ({dist.backend})" if dist.is_distributed else device
     log.info(
@@ -377,9 +377,11 @@ def setup(
     return run
 
 
-def _build_model(
+def build_trained_model(
     cfg: DictConfig, dist: tt_dist.DistInfo, dtype: torch.dtype, plan: ModelPlan
 ) -> torch.nn.Module:
+    """The model ``cfg`` trains, prepared by ``plan``, sharded under torchrun (from a
+    checkpoint each process loads only its shards), checkpointed and compiled as configured."""
     if cfg.resume_from_checkpoint:
         log.info(
             f"Resuming the run in {checkpointing.checkpoint_root(cfg)}: the model is built, "
@@ -438,9 +440,15 @@ def hidden_states(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return model(batch["tokens"], mask=mask, input_pos=batch.get("input_pos"), return_hidden=True)
 
 
+def offloaded_activations(run: Run) -> Any:
+    """Around the trained model's forward: its saved activations go to CPU memory when
+    ``enable_activation_offloading`` (CUDA; a no-op otherwise)."""
+    return tt_dist.activation_offloading(run.cfg.enable_activation_offloading, run.dist.device)
+
+
 def forward_hidden(run: Run, batch: Batch) -> torch.Tensor:
     """The trained model's hidden states, its activations offloaded when configured."""
-    with tt_dist.activation_offloading(run.cfg.enable_activation_offloading, run.dist.device):
+    with offloaded_activations(run):
         return hidden_states(run.model, batch)
 
 

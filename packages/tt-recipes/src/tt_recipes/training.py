@@ -16,9 +16,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from tt_models import TransformerScorer
 
 from tt_recipes.config import instantiate
-from tt_recipes.pretrained import from_pretrained, resolve_dtype
+from tt_recipes.pretrained import (
+    SEQUENCE_CLASSIFICATION,
+    from_pretrained,
+    resolve_dtype,
+    scorer_from_pretrained,
+)
 from tt_recipes.sampling import ResumableSampler
 
 log = logging.getLogger("tt")
@@ -60,12 +66,15 @@ def resolve_checkpoint_dir(path: str | Path, announce: bool = True) -> Path:
 
 
 def build_model(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """From ``checkpointer.checkpoint_dir`` (architecture from its config.json, weights loaded)
-    or, with no checkpoint, from the ``model`` component with random weights."""
+    """From ``checkpointer.checkpoint_dir`` (architecture from its config.json, weights loaded;
+    a reward model's checkpoint gives a ``TransformerScorer``) or, with no checkpoint, from the
+    ``model`` component with random weights."""
     checkpoint_dir = cfg.checkpointer.get("checkpoint_dir")
     if checkpoint_dir:
         source = resolve_checkpoint_dir(checkpoint_dir)
         log.info(f"Loading weights from {source}")
+        if is_scorer_checkpoint(source):
+            return scorer_from_pretrained(source, dtype=dtype, device=device).train()
         files = cfg.checkpointer.get("checkpoint_files")
         model = from_pretrained(
             source, dtype=dtype, device=device, files=list(files) if files else None
@@ -100,7 +109,16 @@ def load_sharded_model(
 
     source = resolve_checkpoint_dir(cfg.checkpointer.checkpoint_dir)
     log.info(f"Loading weights from {source}, each process only its shards")
-    model = build_decoder(from_hf_config(read_hf_config(source)), device="meta", dtype=dtype)
+    config = read_hf_config(source)
+    scorer = is_scorer_checkpoint(source)
+    model = build_decoder(
+        from_hf_config({**config, "tie_word_embeddings": True} if scorer else config),
+        device="meta",
+        dtype=dtype,
+    )
+    if scorer:
+        with torch.device("meta"):
+            model = TransformerScorer(model)
     if prepare_model is not None:
         model = prepare_model(model, cfg)
     if cfg.enable_activation_checkpointing:
@@ -110,10 +128,29 @@ def load_sharded_model(
     # No dtype here: safetensors files are memory-mapped, and casting would read every tensor
     # whole on every rank. load_full_state_dict casts each rank's slice as it copies it.
     _, state_dict = load_hf_checkpoint(source, files=list(files) if files else None)
-    tt_dist.load_full_state_dict(model, state_dict, device, strict=prepare_model is None)
+    if isinstance(model, TransformerScorer):  # its decoder's weights, and its head if saved
+        state_dict = {
+            k if k == "score.weight" else f"decoder.{k}": v
+            for k, v in state_dict.items()
+            if k != "output.weight"
+        }
+    strict = prepare_model is None
+    tt_dist.load_full_state_dict(model, state_dict, device, strict=strict)
+    if isinstance(model, TransformerScorer) and "score.weight" not in state_dict:
+        from tt_recipes.scoring import init_score_head
+
+        init_score_head(model, cfg.seed)
     if prepare_model is not None:
         init_sharded_adapters(model, cfg.seed)
     return model.train()
+
+
+def is_scorer_checkpoint(directory: str | Path) -> bool:
+    """Whether a HF directory holds a reward/value model (``*ForSequenceClassification``)."""
+    from tt_ckpt import read_hf_config
+
+    architectures = read_hf_config(directory).get("architectures") or []
+    return any(a.endswith(SEQUENCE_CLASSIFICATION) for a in architectures)
 
 
 def frozen_model(cfg: DictConfig, dist: Any, checkpoint_dir: str | Path | None = None):

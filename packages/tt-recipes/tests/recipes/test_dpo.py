@@ -116,7 +116,9 @@ def test_dpo_resumes_with_the_losses_of_an_uninterrupted_run(
 def test_dpo_refuses_sft_data_and_a_missing_starting_model(
     tiny_full_run: Path, tmp_path: Path
 ) -> None:
-    with pytest.raises(ValueError, match=r"dpo needs preference pairs, but the dataset's samples"):
+    with pytest.raises(
+        ValueError, match=r"recipe needs preference pairs, but the dataset.s samples"
+    ):
         run_dpo(tmp_path, tiny_full_run, "dataset._component_=tt_data.synthetic_arithmetic")
     with pytest.raises(ValueError, match="dpo starts from a trained model"):
         run_recipe(

@@ -60,6 +60,15 @@ def test_the_reference_is_a_copy_only_for_full_training_with_a_kl(
         assert key in logged[4], key
 
 
+@pytest.mark.parametrize("adapter", ["peft.use_dora=true", "peft.quantize_base=true"],
+                         ids=["DoRA", "QLoRA"])  # fmt: skip
+def test_dora_and_qlora_policies_train(tiny_full_run: Path, tmp_path: Path, adapter: str) -> None:
+    out = run_grpo(tmp_path, tiny_full_run, adapter, "loss.beta=0.1")
+    logged = records(out / "logs", "loss")
+    assert sorted(logged) == [1, 2, 3, 4] and logged[1]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert (out / "step_4" / "adapter" / "adapter_model.safetensors").is_file()
+
+
 def test_lora_reference_logprobs_are_the_base_models(tiny_full_run: Path) -> None:
     """With adapters that change the policy, the reference the loss sees is the base model."""
     from omegaconf import OmegaConf

@@ -253,3 +253,98 @@ def test_the_columns_a_reward_function_reads():
     assert rewards.required_columns(rewards.math_answer) == ["answer"]
     assert rewards.required_columns(rewards.format_reward("x")) == []
     assert rewards.required_columns(rewards.length_penalty(5, 2)) == []
+
+
+# ---- PPO -------------------------------------------------------------------------------------
+
+
+def test_gae_by_hand():
+    """One row of 3 response tokens (and one of 2, then padding), gamma 0.9, lambda 0.8."""
+    from tt_recipes.rl.advantages import gae
+
+    rewards = torch.tensor([[0.1, -0.2, 1.0], [0.5, 0.3, 9.9]])
+    values = torch.tensor([[0.4, 0.5, 0.6], [0.2, -0.1, 9.9]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    g, lam = 0.9, 0.8
+    # row 0: deltas with V after the last token = 0
+    d2 = 1.0 - 0.6
+    d1 = -0.2 + g * 0.6 - 0.5
+    d0 = 0.1 + g * 0.5 - 0.4
+    a2 = d2
+    a1 = d1 + g * lam * a2
+    a0 = d0 + g * lam * a1
+    # row 1: two tokens
+    e1 = 0.3 - (-0.1)
+    e0 = 0.5 + g * (-0.1) - 0.2
+    b1 = e1
+    b0 = e0 + g * lam * b1
+    advantages, returns = gae(rewards, values, mask, g, lam)
+    torch.testing.assert_close(advantages, torch.tensor([[a0, a1, a2], [b0, b1, 0.0]]))
+    torch.testing.assert_close(
+        returns, torch.tensor([[a0 + 0.4, a1 + 0.5, a2 + 0.6], [b0 + 0.2, b1 - 0.1, 0.0]])
+    )
+
+
+def test_whitening_over_the_masked_entries():
+    from tt_recipes.rl.advantages import whiten
+
+    x = torch.tensor([[1.0, 2.0, 100.0], [3.0, 4.0, 5.0]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    kept = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    mean, std = kept.mean(), kept.std()
+    out = whiten(x, mask)
+    torch.testing.assert_close(out[mask], (kept - mean) / torch.sqrt(std**2 + 1e-8))
+    assert out[0, 2] == 0
+    torch.testing.assert_close(
+        whiten(x, mask, shift_mean=False)[mask], (kept - mean) / std + mean, atol=1e-6, rtol=0
+    )
+    torch.testing.assert_close(
+        whiten(x, mask, moments=(3.0, 4.0))[mask], (kept - 3) / 2, atol=1e-6, rtol=0
+    )
+
+
+def test_the_kl_penalty_and_its_adaptive_coefficient():
+    from tt_recipes.rl.kl import KLController, token_kl
+
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -9.0]])
+    ref = torch.tensor([[-1.5, -1.0], [-0.5, 0.0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    torch.testing.assert_close(token_kl(logp, ref, mask), torch.tensor([[0.5, -1.0], [0.0, 0.0]]))
+    fixed = KLController(0.1)
+    fixed.update(5.0, 64)
+    assert fixed.value == 0.1
+    adaptive = KLController(0.1, target=6.0, horizon=1000)
+    adaptive.update(12.0, 100)  # error clipped to +0.2
+    assert adaptive.value == pytest.approx(0.1 * (1 + 0.2 * 100 / 1000))
+    adaptive.update(5.4, 100)  # error -0.1
+    assert adaptive.value == pytest.approx(0.1 * 1.02 * (1 - 0.1 * 0.1))
+    copy = KLController(0.5)
+    copy.load_state_dict(adaptive.state_dict())
+    assert copy.value == adaptive.value
+
+
+def test_the_ppo_losses_by_hand():
+    from tt_recipes.rl.losses import PPOLoss
+
+    logp = torch.tensor([[-0.7, -1.2]], requires_grad=True)
+    old = torch.tensor([[-1.0, -1.0]])
+    adv = torch.tensor([[1.0, -2.0]])
+    values = torch.tensor([[0.5, 0.9]], requires_grad=True)
+    old_values = torch.tensor([[0.2, 1.0]])
+    returns = torch.tensor([[1.0, 0.0]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    loss_fn = PPOLoss(epsilon=0.2, value_clip_range=0.2, value_coeff=0.5)
+    loss, metrics = loss_fn(logp, old, adv, values, old_values, returns, mask)
+    r0, r1 = math.exp(0.3), math.exp(-0.2)  # 1.35 (clipped at 1.2 for A>0), 0.82 (inside)
+    policy = [max(-1 * r0, -1 * 1.2), max(2 * r1, 2 * r1)]
+    # values: token 0 moved 0.3 > 0.2 from its old value: the clipped one (0.4) is further
+    # from the return 1.0, so the max picks it; token 1 moved 0.1 (inside)
+    value = [0.5 * max((0.5 - 1) ** 2, (0.4 - 1) ** 2), 0.5 * (0.9 - 0) ** 2]
+    assert loss.item() == pytest.approx(sum(policy) + 0.5 * sum(value), rel=1e-6)
+    assert metrics["clip_ratio"] == (1.0, 2.0) and metrics["value_clip_ratio"] == (1.0, 2.0)
+    loss.backward()
+    assert logp.grad[0, 0] == 0  # clipped: no gradient
+    assert logp.grad[0, 1] == pytest.approx(2 * r1)
+    assert values.grad[0, 0] == 0  # the clipped value term holds no gradient for V
+    assert values.grad[0, 1] == pytest.approx(0.5 * 0.9)
+    assert PPOLoss.units(mask) == 2

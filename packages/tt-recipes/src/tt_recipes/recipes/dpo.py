@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from tt_data import padded_collate_preference
 from tt_peft import disable_adapters
 
 from tt_recipes import adapters, trainer, training
 from tt_recipes.config import ConfigKey, RecipeSpec
 from tt_recipes.losses import sequence_logprobs, shift_labels
+from tt_recipes.pairs import collate_pairs, pairs
 from tt_recipes.trainer import Batch, BatchLoss, Run
 
 log = logging.getLogger("tt")
@@ -68,21 +67,6 @@ def recipe_main(cfg: DictConfig) -> None:
         )
         run = trainer.setup(cfg, dist, objective=objective, plan=adapters.model_plan(cfg))
         trainer.train(run)
-
-
-def collate_pairs(batch: list[dict[str, Any]], pad_id: int) -> Batch:
-    """``[2b, s]``: the b chosen responses, then their b rejected ones."""
-    if "chosen_tokens" not in batch[0]:
-        raise ValueError(
-            f"dpo needs preference pairs, but the dataset's samples hold {sorted(batch[0])}; "
-            "use a preference dataset (tt_data.preference_dataset, hh_rlhf_helpful, "
-            "stack_exchange_paired, synthetic_arithmetic_preference), not packed"
-        )
-    return padded_collate_preference(batch, pad_id=pad_id)
-
-
-def pairs(batch: Batch) -> int:
-    return batch["tokens"].shape[0] // 2
 
 
 @torch.no_grad()

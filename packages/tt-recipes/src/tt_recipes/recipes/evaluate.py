@@ -59,9 +59,14 @@ SPEC = RecipeSpec(
 
 def recipe_main(cfg: DictConfig) -> None:
     console.setup_logging()
+    import lm_eval.evaluator
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable, make_table
+
+    # lm-eval records `git describe` of the current directory, letting git print "fatal: not
+    # a git repository" to the terminal; the user's directory says nothing about the model.
+    lm_eval.evaluator.get_git_commit_hash = lambda: None
 
     from tt_recipes.evaluation import TTLM
 

@@ -22,14 +22,21 @@ from typing import Any
 
 import torch
 import tt_dist
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from tt_recipes import adapters, trainer, training
 from tt_recipes.config import ConfigKey, RecipeSpec, instantiate, is_component, resolve_component
 from tt_recipes.losses import token_logprobs
 from tt_recipes.rl import advantages as advantage_fns
 from tt_recipes.rl import rewards as reward_fns
-from tt_recipes.rl.rollout import KVCacheEngine, Rollouts, generate_rollouts, training_batches
+from tt_recipes.rl.rollout import (
+    KVCacheEngine,
+    Rollouts,
+    check_prompt_lengths,
+    generate_rollouts,
+    greedy,
+    training_batches,
+)
 from tt_recipes.trainer import Batch, BatchLoss, Run
 
 log = logging.getLogger("tt")
@@ -140,9 +147,9 @@ def recipe_main(cfg: DictConfig) -> None:
             optimizer_steps_per_step=cfg.num_iterations,
         )
         describe_reference(lora, beta)
-        rewards = RewardFunctions.from_config(cfg)
+        rewards = reward_fns.RewardFunctions.from_config(cfg)
         rewards.check_columns(run.loader.dataset, "dataset")
-        check_lengths(run, cfg)
+        check_prompt_lengths(run.loader.dataset, cfg.max_new_tokens, run.model.config.max_seq_len)
         engine = KVCacheEngine(
             run.model,
             stop_tokens=run.tokenizer.stop_tokens,
@@ -167,7 +174,10 @@ def describe_reference(lora: bool, beta: float) -> None:
 
 
 def train(
-    run: Run, engine: KVCacheEngine, rewards: RewardFunctions, reference: torch.nn.Module | None
+    run: Run,
+    engine: KVCacheEngine,
+    rewards: reward_fns.RewardFunctions,
+    reference: torch.nn.Module | None,
 ) -> None:
     """For each step: rollouts, rewards, advantages, then ``num_iterations`` optimizer steps;
     validation and checkpoints when due."""
@@ -199,7 +209,7 @@ def train(
 def grpo_step(
     run: Run,
     engine: KVCacheEngine,
-    rewards: RewardFunctions,
+    rewards: reward_fns.RewardFunctions,
     reference: torch.nn.Module | None,
     prompts: list,
 ) -> float:
@@ -309,70 +319,6 @@ def compute_advantages(cfg: DictConfig, rewards: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Rewards
-
-
-class RewardFunctions:
-    """The config's reward functions with their weights."""
-
-    def __init__(self, functions: list, weights: list[float]) -> None:
-        self.functions = functions
-        self.weights = weights
-
-    @classmethod
-    def from_config(cls, cfg: DictConfig) -> RewardFunctions:
-        items = OmegaConf.to_container(cfg.reward_functions, resolve=True)
-        functions = [resolve_component(i) if isinstance(i, str) else instantiate(i) for i in items]
-        for item, fn in zip(items, functions):
-            if not callable(fn):
-                raise TypeError(
-                    f"reward function {item!r} built a {type(fn).__name__}, not a callable"
-                )
-        weights = list(cfg.reward_weights) if cfg.reward_weights is not None else [1.0] * len(items)
-        names = ", ".join(reward_fns.function_name(f) for f in functions)
-        log.info(f"Rewards: {names} (weights {weights})")
-        return cls(functions, [float(w) for w in weights])
-
-    def check_columns(self, dataset: Any, key: str) -> None:
-        """Every column a reward function reads is in the prompt dataset (first row)."""
-        row = dataset[0]
-        for fn in self.functions:
-            missing = [c for c in reward_fns.required_columns(fn) if c not in row]
-            if missing:
-                present = sorted(k for k in row if k not in ("prompt_tokens", "row_index"))
-                raise ValueError(
-                    f"reward function {reward_fns.function_name(fn)} reads the column(s) "
-                    f"{missing}, which the {key} rows do not have (they have {present}); map "
-                    "one with the dataset's column_map, e.g. column_map: {answer: solution}"
-                )
-
-    def score(self, rollouts: Rollouts, first_row: int = 0) -> reward_fns.Scores:
-        columns = {
-            name: [item[name] for item in rollouts.prompts]
-            for name in rollouts.prompts[0]
-            if name not in ("prompt_tokens", "prompt", "row_index")
-        }
-        columns["completion_ids"] = rollouts.completions.tokens
-        prompts = [item["prompt"] for item in rollouts.prompts]
-        return reward_fns.score(
-            self.functions, self.weights, prompts, rollouts.texts, columns, first_row
-        )
-
-
-def check_lengths(run: Run, cfg: DictConfig) -> None:
-    """The longest prompt plus max_new_tokens must fit the model's context."""
-    longest = max(
-        len(run.loader.dataset[i]["prompt_tokens"]) for i in range(len(run.loader.dataset))
-    )
-    limit = run.model.config.max_seq_len
-    if longest + cfg.max_new_tokens > limit:
-        raise ValueError(
-            f"the longest prompt ({longest} tokens) + max_new_tokens ({cfg.max_new_tokens}) "
-            f"exceeds the model's max_seq_len={limit}; lower max_new_tokens or filter long prompts"
-        )
-
-
-# ---------------------------------------------------------------------------------------------
 # Logs
 
 
@@ -439,23 +385,17 @@ def log_samples(run: Run, rollouts: Rollouts, scores: reward_fns.Scores) -> None
 
 
 @torch.no_grad()
-def validate(run: Run, engine: KVCacheEngine, rewards: RewardFunctions) -> dict[str, float]:
+def validate(
+    run: Run, engine: KVCacheEngine, rewards: reward_fns.RewardFunctions
+) -> dict[str, float]:
     """Greedy completions of every held-out prompt, scored: ``val_reward`` and one mean per
     reward function (the fraction answered right, for a 0/1 checker)."""
-    greedy = KVCacheEngine(
-        run.model,
-        stop_tokens=engine.stop_tokens,
-        pad_id=engine.pad_id,
-        max_new_tokens=engine.max_new_tokens,
-        temperature=0.0,
-        compile=engine.compile,
-        reshard_after_forward=engine.reshard_after_forward,
-    )
+    greedy_engine = greedy(engine)
     totals: dict[str, float] = {}
     count = 0
     for prompts in run.val_loader:
         rollouts = generate_rollouts(
-            greedy, prompts, 1, 0, 0, run.tokenizer.decode, engine.stop_tokens
+            greedy_engine, prompts, 1, 0, 0, run.tokenizer.decode, engine.stop_tokens
         )
         scores = rewards.score(rollouts)
         totals["val_reward"] = totals.get("val_reward", 0.0) + sum(scores.total)

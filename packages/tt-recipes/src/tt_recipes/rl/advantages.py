@@ -54,3 +54,52 @@ def _groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     return rewards.float().view(-1, group_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# PPO: generalised advantage estimation over response tokens
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al., 2016) per response token.
+
+    ``rewards``, ``values`` ``[b, t]`` and ``mask`` ``[b, t]`` (True at response tokens, each row's
+    contiguous): ``delta_t = r_t + gamma * V_{t+1} - V_t`` with ``V`` 0 after a row's last
+    token, ``A_t = delta_t + gamma * lam * A_{t+1}``. Returns ``(advantages, returns)``,
+    ``returns = advantages + values``; both 0 outside the mask.
+    """
+    mask_f = mask.to(values.dtype)
+    rewards, values = rewards * mask_f, values * mask_f
+    advantages = torch.zeros_like(values)
+    running = torch.zeros_like(values[:, 0])
+    next_value = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * running) * mask_f[:, t]
+        advantages[:, t] = running
+        next_value = values[:, t]
+    return advantages, (advantages + values) * mask_f
+
+
+def whiten(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    moments: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """``(x - mean) / std`` over the masked entries (unbiased std, + 1e-8); ``shift_mean=False``
+    keeps the mean (rewards whitening). ``moments``: ``(mean, var)`` over every process's
+    batch, for the same whitening whatever the split; this batch's otherwise."""
+    mask_f = mask.to(values.dtype)
+    if moments is None:
+        n = mask_f.sum()
+        mean = (values * mask_f).sum() / n
+        var = (((values - mean) ** 2) * mask_f).sum() / (n - 1).clamp(min=1)
+    else:
+        mean, var = (torch.tensor(m, dtype=values.dtype) for m in moments)
+    out = (values - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * mask_f

@@ -132,3 +132,75 @@ class GRPOLoss:
             return per_token.sum()
         # bnpo: this micro-batch's token mean, weighted by its completions
         return per_token.sum() / mask.sum().clamp(min=1.0) * (lengths > 0).sum()
+
+
+class PPOLoss:
+    """PPO's clipped policy loss and clipped value loss (the "37 implementation details"
+    forms), summed over response tokens; the trainer divides by the step's tokens.
+
+    Per token with ``ratio = exp(logp - old)``:
+
+        policy = max(-A * ratio, -A * clip(ratio, 1 - epsilon, 1 + epsilon))
+        value  = 0.5 * max((V - R)^2, (clip(V, V_old - value_clip_range, V_old + value_clip_range) - R)^2)
+        loss   = policy + value_coeff * value
+
+    Args:
+        epsilon: the policy's clip range.
+        value_clip_range: how far a value may move from its rollout value before its loss
+            stops pulling it further.
+        value_coeff: the weight of the value loss in the joint loss.
+    """
+
+    def __init__(
+        self, epsilon: float = 0.2, value_clip_range: float = 0.2, value_coeff: float = 0.1
+    ):
+        if epsilon < 0 or value_clip_range < 0 or value_coeff < 0:
+            raise ValueError(
+                "loss.epsilon, loss.value_clip_range and loss.value_coeff must be >= 0"
+            )
+        self.epsilon = epsilon
+        self.value_clip_range = value_clip_range
+        self.value_coeff = value_coeff
+
+    def __call__(
+        self,
+        logprobs: torch.Tensor,
+        old_logprobs: torch.Tensor,
+        advantages: torch.Tensor,
+        values: torch.Tensor,
+        old_values: torch.Tensor,
+        returns: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, tuple[float, float]]]:
+        """``(loss, metrics)``: the joint loss summed over the masked tokens (all ``[b, t]``),
+        and (sum, count) metrics: ``policy_loss``, ``value_loss``, ``clip_ratio``,
+        ``value_clip_ratio``, ``approx_kl``."""
+        mask_f = mask.to(logprobs.dtype)
+        ratio = torch.exp((logprobs - old_logprobs) * mask_f)
+        unclipped = -advantages * ratio
+        clipped = -advantages * torch.clamp(ratio, 1 - self.epsilon, 1 + self.epsilon)
+        policy = torch.maximum(unclipped, clipped)
+        values_clipped = old_values + torch.clamp(
+            values - old_values, -self.value_clip_range, self.value_clip_range
+        )
+        value_unclipped = (values - returns) ** 2
+        value_clipped = (values_clipped - returns) ** 2
+        value = 0.5 * torch.maximum(value_unclipped, value_clipped)
+        loss = ((policy + self.value_coeff * value) * mask_f).sum()
+        tokens = float(mask_f.sum())
+        with torch.no_grad():
+            metrics = {
+                "policy_loss": (float((policy * mask_f).sum()), tokens),
+                "value_loss": (float((value * mask_f).sum()), tokens),
+                "clip_ratio": (float(((clipped > unclipped) * mask_f).sum()), tokens),
+                "value_clip_ratio": (
+                    float(((value_clipped > value_unclipped) * mask_f).sum()),
+                    tokens,
+                ),
+                "approx_kl": (float((0.5 * (logprobs - old_logprobs) ** 2 * mask_f).sum()), tokens),
+            }
+        return loss, metrics
+
+    @staticmethod
+    def units(mask: torch.Tensor) -> int:
+        return int(mask.sum())

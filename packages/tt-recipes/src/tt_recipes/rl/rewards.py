@@ -12,13 +12,19 @@ mappings of factories that return one (``tt_recipes.rl.rewards.format_reward`` w
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
+from tt_recipes.config import instantiate, resolve_component
+
 RewardFn = Callable[..., Sequence[float | None]]
+log = logging.getLogger("tt")
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
@@ -207,3 +213,49 @@ def _failing_row(fn, prompts, completions, columns) -> int | None:
         except Exception:
             return i
     return None
+
+
+class RewardFunctions:
+    """The config's reward functions with their weights."""
+
+    def __init__(self, functions: list, weights: list[float]) -> None:
+        self.functions = functions
+        self.weights = weights
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> RewardFunctions:
+        items = OmegaConf.to_container(cfg.reward_functions, resolve=True)
+        functions = [resolve_component(i) if isinstance(i, str) else instantiate(i) for i in items]
+        for item, fn in zip(items, functions):
+            if not callable(fn):
+                raise TypeError(
+                    f"reward function {item!r} built a {type(fn).__name__}, not a callable"
+                )
+        weights = list(cfg.reward_weights) if cfg.reward_weights is not None else [1.0] * len(items)
+        names = ", ".join(function_name(f) for f in functions)
+        log.info(f"Rewards: {names} (weights {weights})")
+        return cls(functions, [float(w) for w in weights])
+
+    def check_columns(self, dataset: Any, key: str) -> None:
+        """Every column a reward function reads is in the prompt dataset (first row)."""
+        row = dataset[0]
+        for fn in self.functions:
+            missing = [c for c in required_columns(fn) if c not in row]
+            if missing:
+                present = sorted(k for k in row if k not in ("prompt_tokens", "row_index"))
+                raise ValueError(
+                    f"reward function {function_name(fn)} reads the column(s) "
+                    f"{missing}, which the {key} rows do not have (they have {present}); map "
+                    "one with the dataset's column_map, e.g. column_map: {answer: solution}"
+                )
+
+    def score(self, rollouts: Any, first_row: int = 0) -> Scores:
+        """Score ``rl.rollout.Rollouts``: its prompt items' columns reach the functions."""
+        columns = {
+            name: [item[name] for item in rollouts.prompts]
+            for name in rollouts.prompts[0]
+            if name not in ("prompt_tokens", "prompt", "row_index")
+        }
+        columns["completion_ids"] = rollouts.completions.tokens
+        prompts = [item["prompt"] for item in rollouts.prompts]
+        return score(self.functions, self.weights, prompts, rollouts.texts, columns, first_row)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -84,6 +84,11 @@ class KVCacheEngine:
 
     def sync_weights(self) -> None:
         pass
+
+
+def greedy(engine: KVCacheEngine) -> KVCacheEngine:
+    """The same engine decoding greedily (validation)."""
+    return replace(engine, temperature=0.0, top_p=None, top_k=None)
 
 
 def _all_ranks_done(done_here: bool) -> bool:
@@ -189,3 +194,14 @@ def training_batches(
             }
         )
     return batches
+
+
+def check_prompt_lengths(dataset: Any, max_new_tokens: int, max_seq_len: int) -> None:
+    """The longest prompt plus ``max_new_tokens`` must fit the model's context."""
+    longest = max(len(dataset[i]["prompt_tokens"]) for i in range(len(dataset)))
+    if longest + max_new_tokens > max_seq_len:
+        raise ValueError(
+            f"the longest prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) "
+            f"exceeds the model's max_seq_len={max_seq_len}; lower max_new_tokens or filter "
+            "long prompts"
+        )
