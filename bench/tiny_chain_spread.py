@@ -45,7 +45,19 @@ KERNELS = {
     "aten": {"ATEN_CPU_CAPABILITY": "avx2"},
     "onednn": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
 }
-LINKS = ("full", "eval", "quantize", "lora", "generate", "dpo", "kd", "qat", "grpo")
+LINKS = (
+    "full",
+    "eval",
+    "quantize",
+    "lora",
+    "generate",
+    "dpo",
+    "kd",
+    "qat",
+    "grpo",
+    "reward_model",
+    "ppo",
+)
 # The prompts the integration test asks after tiny/lora (operands above 20 are LoRA's).
 PROMPTS = [(25, 14), (12, 7), (22, 8), (27, 19), (30, 30), (4, 29)]
 
@@ -154,6 +166,18 @@ def chain(root: Path, seed: int, links: tuple[str, ...], result: dict) -> None:
             "val_reward_end": val[max(val)],
             "seconds": time.perf_counter() - t,
         }
+    if "reward_model" in links or "ppo" in links:
+        t = time.perf_counter()
+        run("reward_model", "tiny/reward_model", [s])
+        result["reward_model"] = {
+            "val_accuracy": metrics(root / "outputs/tiny_reward_model/logs", "val_accuracy"),
+            "seconds": time.perf_counter() - t,
+        }
+    if "ppo" in links:
+        t = time.perf_counter()
+        run("ppo", "tiny/ppo", [s])
+        val = metrics(root / "outputs/tiny_ppo/logs", "val_score")
+        result["ppo"] = {"val_reward": val, "seconds": time.perf_counter() - t}
 
 
 def qat_versus_ptq(root: Path, seed_override: str) -> dict[str, float]:

@@ -67,6 +67,24 @@ def train_tiny_full(output_dir: Path) -> Path:
     return output_dir
 
 
+# A few reward-model steps on the arithmetic preference pairs (no validation, saved at the end).
+FAST_REWARD = [
+    "dataset.n=128",
+    "batch_size=16",
+    "~dataset_val",
+    "run_val_every_n_steps=null",
+    "log_every_n_steps=1",
+    "save_every_n_steps=null",
+]
+
+
+def train_tiny_reward(output_dir: Path, base: Path) -> Path:
+    """A short tiny/reward_model run from ``base`` (8 steps): a reward model for PPO tests."""
+    run_recipe("reward_model", "tiny/reward_model",
+               [f"output_dir={output_dir}", f"checkpointer.checkpoint_dir={base}", *FAST_REWARD])  # fmt: skip
+    return output_dir
+
+
 def assert_peft_adapter_equals_merged(base_dir: Path, step_dir: Path, seed: int = 0) -> None:
     """peft's adapter on the base model gives the logits of the merged model tt saved."""
     import peft

@@ -1,11 +1,14 @@
-"""PPO with a learned reward model (classic RLHF), on 1..N processes, policy full or LoRA.
+"""PPO with a learned reward model (classic RLHF) or with verifiable rewards, on 1..N
+processes, policy full or LoRA.
 
 Four models: the policy (trained), its reference (the policy with adapters off for LoRA, a
-frozen copy otherwise), a value model (initialised from the reward model, trained with its
-own optimizer) and the reward model (frozen). Each step:
+frozen copy otherwise), a value model (initialised from the reward model, or from the policy
+under a new score head when there is none; trained with its own optimizer) and the reward
+model (frozen). Without a reward model (``reward_model.checkpoint_dir: null``) the reward is
+the weighted sum of ``reward_functions``, the checkers GRPO uses. Each step:
 
 1. the policy completes ``batch_size`` prompts per process (no gradients);
-2. the reward model scores each prompt + response at its last token; a response with no
+2. the reward model (or the reward functions) scores each prompt + response; a response with no
    stop token (``penalise_no_eos``) or shorter than ``min_response_length`` gets
    ``reward_penalty`` instead;
 3. per token, the reward is ``-kl_coef * (log pi - log ref)``, plus the score at the last
@@ -57,6 +60,16 @@ def _model_dir(doc: str, required: bool) -> ConfigKey:
     )
 
 
+def _check_reward_source(cfg: dict[str, Any]) -> list[str]:
+    if (cfg.get("reward_model") or {}).get("checkpoint_dir") or cfg.get("reward_functions"):
+        return []
+    return [
+        "keys 'reward_model.checkpoint_dir' and 'reward_functions': PPO needs a reward; set "
+        "reward_model.checkpoint_dir to a reward model (tt run reward_model writes one) or "
+        "reward_functions to checkers, e.g. [tt_recipes.rl.rewards.arithmetic_answer]"
+    ]
+
+
 SPEC = RecipeSpec(
     name="ppo",
     description="PPO with a learned reward model: policy, value, reference, reward; 1..N processes.",
@@ -73,8 +86,12 @@ SPEC = RecipeSpec(
             int, default=1, min=1, doc="micro-batches per minibatch"
         ),
         "peft": adapters.OPTIONAL_PEFT,
-        "reward_model": _model_dir("a reward model (tt run reward_model writes one)", True),
-        "value_model": _model_dir("the value model's start; default: the reward model", False),
+        "reward_model": _model_dir(
+            "a reward model (tt run reward_model writes one); null: reward_functions", False
+        ),
+        "value_model": _model_dir(
+            "the value model's start; default: the reward model, else the policy", False
+        ),
         "value_optimizer": ConfigKey(component=True, required=True, positional=1),
         "loss": ConfigKey(
             component=True,
@@ -99,13 +116,16 @@ SPEC = RecipeSpec(
         "ppo_epochs": ConfigKey(int, default=1, min=1, doc="passes over each rollout batch"),
         "num_minibatches": ConfigKey(int, default=1, min=1, doc="optimizer steps per pass"),
         "reward_functions": ConfigKey(
-            list, default=[], doc="checkers scored on the held-out prompts (not trained on)"
+            list,
+            default=[],
+            doc="the reward without a reward model; with one, checkers of held-out prompts only",
         ),
         "reward_weights": ConfigKey(list | None, default=None),
         "compile_generation": ConfigKey(bool, default=False),
         "log_samples_every_n_steps": ConfigKey(int | None, default=None, min=1),
         "num_samples_to_log": ConfigKey(int, default=4, min=1),
     },
+    checks=(_check_reward_source,),
 )
 
 
@@ -113,7 +133,8 @@ def recipe_main(cfg: DictConfig) -> None:
     with trainer.distributed(cfg) as dist:
         lora = cfg.peft is not None
         reference = None if lora else training.frozen_model(cfg, dist)
-        reward = training.frozen_model(cfg, dist, scorer_dir(cfg.reward_model.checkpoint_dir))
+        reward_dir = reward_model_dir(cfg)
+        reward = training.frozen_model(cfg, dist, scorer_dir(reward_dir)) if reward_dir else None
         objective = trainer.Objective(
             batch_loss=ppo_loss, units=lambda batch: int(batch["loss_mask"].sum()),
             collate=lambda samples, pad_id: samples,
@@ -128,16 +149,20 @@ def recipe_main(cfg: DictConfig) -> None:
             optimizer_steps_per_step=steps_per_rollout,
         )
         value = ValueModel.build(cfg, dist, run.total_steps * steps_per_rollout)
-        check_vocabularies(run.model, reward, value.model)
+        check_vocabularies(run.model, *([reward] if reward is not None else []), value.model)
         log.info(
             "Reference model: "
             + ("the policy with its adapters switched off" if lora else "a frozen copy")
-            + f"; reward model {cfg.reward_model.checkpoint_dir} (frozen); value model trained"
+            + (f"; reward model {reward_dir} (frozen)" if reward is not None else "")
+            + "; value model trained"
         )
         check_prompt_lengths(run.loader.dataset, cfg.max_new_tokens, run.model.config.max_seq_len)
         checkers = RewardFunctions.from_config(cfg) if cfg.reward_functions else None
-        if checkers is not None and run.val_loader is not None:
-            checkers.check_columns(run.val_loader.dataset, "dataset_val")
+        if checkers is not None:
+            if reward is None:
+                checkers.check_columns(run.loader.dataset, "dataset")
+            if run.val_loader is not None:
+                checkers.check_columns(run.val_loader.dataset, "dataset_val")
         engine = KVCacheEngine(
             run.model,
             stop_tokens=run.tokenizer.stop_tokens,
@@ -152,6 +177,10 @@ def recipe_main(cfg: DictConfig) -> None:
         ppo = PPO(run, engine, value, reward, reference, KLController(
             cfg.kl_coef, cfg.kl_target, cfg.kl_horizon), checkers)  # fmt: skip
         ppo.train()
+
+
+def reward_model_dir(cfg: DictConfig) -> str | None:
+    return (cfg.get("reward_model") or {}).get("checkpoint_dir")
 
 
 def scorer_dir(path: str) -> str:
@@ -183,8 +212,11 @@ class ValueModel:
 
     @classmethod
     def build(cls, cfg: DictConfig, dist: tt_dist.DistInfo, total_steps: int) -> ValueModel:
-        source = scorer_dir(
-            cfg.value_model.get("checkpoint_dir") or cfg.reward_model.checkpoint_dir
+        # a causal LM (the policy's own checkpoint without a reward model) gets a new score head
+        source = (
+            (cfg.get("value_model") or {}).get("checkpoint_dir")
+            or reward_model_dir(cfg)
+            or cfg.checkpointer.checkpoint_dir
         )
         value_cfg = OmegaConf.merge(
             cfg,
@@ -344,11 +376,17 @@ class PPO:
                         "score": float(scores[i])} for i in range(count)], step=run.progress.step)  # fmt: skip
         return stats["score"]
 
+    def raw_scores(self, batch: Batch, rollouts: Rollouts) -> torch.Tensor:
+        if self.reward is None:
+            return torch.tensor(self.checkers.score(rollouts).total, device=batch["tokens"].device)
+        return self.reward.sequence_scores(batch["tokens"], self.run.tokenizer.pad_id)[:, 0].float()
+
     @torch.no_grad()
     def score(self, batch: Batch, rollouts: Rollouts) -> tuple[torch.Tensor, dict[str, float]]:
-        """The reward model's score of each prompt + response, penalised where configured."""
+        """The reward model's score (or the reward functions') of each prompt + response,
+        penalised where configured."""
         cfg = self.run.cfg
-        raw = self.reward.sequence_scores(batch["tokens"], self.run.tokenizer.pad_id)[:, 0].float()
+        raw = self.raw_scores(batch, rollouts)
         scores = raw.clone()
         lengths = torch.tensor([len(t) for t in rollouts.completions.tokens], device=raw.device)
         penalised = torch.zeros_like(scores, dtype=torch.bool)
@@ -452,8 +490,8 @@ class PPO:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Greedy responses to the held-out prompts: the reward model's mean score and the
-        mean of each checker (exact match for a 0/1 one)."""
+        """Greedy responses to the held-out prompts: the mean reward (the reward model's score,
+        or the reward functions' sum) and the mean of each checker (exact match for a 0/1 one)."""
         run = self.run
         engine = greedy(self.engine)
         totals: dict[str, float] = {"val_score": 0.0}
@@ -465,8 +503,7 @@ class PPO:
                 rollouts, torch.zeros(len(rollouts)), 1, run.tokenizer.pad_id
             )
             batch = trainer.to_device(batch, run.dist.device)
-            scores = self.reward.sequence_scores(batch["tokens"], run.tokenizer.pad_id)[:, 0]
-            totals["val_score"] += float(scores.sum())
+            totals["val_score"] += float(self.raw_scores(batch, rollouts).sum())
             if self.checkers is not None:
                 for name, values in self.checkers.score(rollouts).per_function.items():
                     key = f"val_rewards/{name}"

@@ -58,6 +58,7 @@ def pair_loss(run: Run, batch: Batch) -> BatchLoss:
     rewards = at_last_token(scores, batch["tokens"], run.tokenizer.pad_id)[:, 0]
     chosen, rejected = rewards.chunk(2)
     losses = run.loss_fn(chosen, rejected)
+    chosen, rejected = chosen.detach(), rejected.detach()
     metrics = {
         "accuracy": float((chosen > rejected).sum()),
         "margin": float((chosen - rejected).sum()),
