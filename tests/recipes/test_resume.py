@@ -202,3 +202,47 @@ def test_grpo_resumes_after_sigkill_with_the_same_rollouts_and_losses(
         assert sorted(resumed) == sorted(expected) == list(range(1, 13))
         for step in range(7, 13):
             assert resumed[step] == expected[step], f"{key} step {step}"
+
+
+def ppo_overrides(base: Path, out: Path) -> list[str]:
+    """6 PPO steps of 4 prompts from tiny/full (verifiable reward), a checkpoint every 3."""
+    return [
+        f"output_dir={out}",
+        f"checkpointer.checkpoint_dir={base}",
+        "dataset.n=24",
+        "batch_size=4",
+        "max_new_tokens=4",
+        "~dataset_val",
+        "run_val_every_n_steps=null",
+        "save_every_n_steps=3",
+        "log_every_n_steps=1",
+        "kl_target=0.1",  # the adaptive KL coefficient is part of the state too
+    ]
+
+
+@pytest.mark.timeout(600)
+def test_ppo_resumes_with_the_same_rollouts_losses_and_value_model(
+    tiny_full_run: Path, tmp_path: Path
+) -> None:
+    """Both models, both optimizers, the KL controller and the prompt position come back."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    run_recipe("ppo", "tiny/ppo", ppo_overrides(tiny_full_run, reference))
+    run_recipe("ppo", "tiny/ppo", ppo_overrides(tiny_full_run, resumed))
+    shutil.rmtree(resumed / "step_6")  # as if the run had stopped after step_3
+    run_recipe("ppo", "tiny/ppo", [*ppo_overrides(tiny_full_run, resumed), "resume_from_checkpoint=true"])  # fmt: skip
+    for key in ("policy_loss", "value_loss", "score", "kl", "kl_coef"):
+        expected, got = _records(reference / "logs", key), _records(resumed / "logs", key)
+        assert sorted(got) == sorted(expected) == list(range(1, 7))
+        for step in range(4, 7):
+            assert got[step] == expected[step], f"{key} step {step}"
+    for part in ("policy", "value"):
+        want = load_file(reference / "step_6" / part / "model.safetensors")
+        have = load_file(resumed / "step_6" / part / "model.safetensors")
+        assert want.keys() == have.keys()
+        for name in want:
+            assert torch.equal(want[name], have[name]), f"{part} {name}"

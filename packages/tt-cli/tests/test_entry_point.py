@@ -60,7 +60,7 @@ def test_recipe_failure_exits_1_without_traceback(run_tt, toy_yaml, recipe_file)
     result = run_tt("run", recipe_file, "--config", str(toy_yaml), "fail=true")
     assert result.returncode == 1
     assert result.stderr == (
-        "tt: run failed: RuntimeError: the toy recipe was asked to fail\n"
+        "tt: toy failed: RuntimeError: the toy recipe was asked to fail\n"
         "(set TT_DEBUG=1 to see the traceback)\n"
     )
 

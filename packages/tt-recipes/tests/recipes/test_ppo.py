@@ -67,3 +67,16 @@ def test_no_reward_at_all_is_a_config_error(tmp_path: Path) -> None:
 def test_a_causal_lm_as_the_reward_model(tiny_full_run: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="holds no score head.*tt run reward_model"):
         run_ppo(tiny_full_run, tmp_path, f"reward_model.checkpoint_dir={tiny_full_run}")
+
+
+def test_a_reward_model_with_another_vocabulary() -> None:
+    from types import SimpleNamespace
+
+    from tt_recipes.recipes.ppo import check_vocabularies
+
+    def model(vocab: int) -> SimpleNamespace:
+        return SimpleNamespace(config=SimpleNamespace(vocab_size=vocab))
+
+    check_vocabularies(model(512), model(512))
+    with pytest.raises(ValueError, match="vocabulary of 32000 tokens and the policy 512"):
+        check_vocabularies(model(512), model(32000))

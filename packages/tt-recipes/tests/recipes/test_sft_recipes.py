@@ -69,7 +69,7 @@ def test_lora_finetune_from_the_full_run_saves_merged_model_and_peft_adapter(
     # The PEFT adapter on the base model gives the merged model's logits.
     assert_peft_adapter_equals_merged(complete_step_dirs(tiny_full_run)[-1], step_dir, seed=1)
     config = json.loads((step_dir / "adapter" / "adapter_config.json").read_text())
-    assert config["r"] == 8 and sorted(config["target_modules"]) == sorted(
+    assert config["r"] == 16 and sorted(config["target_modules"]) == sorted(
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
 

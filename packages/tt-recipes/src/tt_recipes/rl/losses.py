@@ -113,7 +113,7 @@ class GRPOLoss:
             delta = ref_logprobs - logprobs
             kl = torch.exp(delta) - delta - 1
             per_token = per_token + self.beta * kl
-            metrics["kl"] = (float((kl * mask_f).sum()), tokens)
+            metrics["kl"] = (float((kl.detach() * mask_f).sum()), tokens)
         with torch.no_grad():
             was_clipped = ((ratio < 1 - self.epsilon_low) & (adv < 0)) | (
                 (ratio > 1 + self.epsilon_high) & (adv > 0)
