@@ -26,6 +26,7 @@ from recipe_testing import (
     preference_file_overrides,
     run_recipe,
 )
+from safetensors.torch import load_file
 from tt_recipes import from_pretrained
 from tt_recipes.checkpointing import complete_step_dirs
 
@@ -325,3 +326,26 @@ def records_of(log_dir: Path) -> dict[int, dict]:
     from recipe_testing import records
 
     return records(log_dir, "loss")
+
+
+@pytest.mark.timeout(600)
+def test_ppo_on_two_processes_makes_the_update_of_one(tiny_full_run: Path, tmp_path: Path) -> None:
+    """One PPO step with verifiable rewards: the same responses and scores, advantages
+    whitened over both processes, one update of the policy and one of the value model equal
+    to one process's on the whole batch."""
+    common = [f"checkpointer.checkpoint_dir={tiny_full_run}", "dataset.n=16", "max_new_tokens=4",
+              "~dataset_val", "run_val_every_n_steps=null", "log_every_n_steps=1",
+              "save_every_n_steps=null", "max_steps_per_epoch=1", "ppo_epochs=1",
+              "num_minibatches=1"]  # fmt: skip
+    two, one = tmp_path / "two", tmp_path / "one"
+    torchrun(2, "ppo", "tiny/ppo", [f"output_dir={two}", *common, "batch_size=4"])
+    run_recipe("ppo", "tiny/ppo", [f"output_dir={one}", *common, "batch_size=8"])
+    a, b = (records_of(run / "logs") for run in (two, one))
+    assert a[1]["score"] == b[1]["score"] and a[1]["response_length"] == b[1]["response_length"]
+    for key in ("loss", "policy_loss", "value_loss", "kl"):
+        assert a[1][key] == pytest.approx(b[1][key], rel=REL, abs=1e-6), key
+    for part in ("policy", "value"):
+        sd_two = load_file(complete_step_dirs(two)[-1] / part / "model.safetensors")
+        sd_one = load_file(complete_step_dirs(one)[-1] / part / "model.safetensors")
+        for key in sd_one:
+            torch.testing.assert_close(sd_two[key], sd_one[key], atol=1e-5, rtol=1e-4)

@@ -80,6 +80,8 @@ CONFIGS: dict[str, str] = {
     "llama3_2/1B_lora_dpo": "dpo",
     "llama3_2/1B_eval": "evaluate",
     "llama3_2/1B_grpo": "grpo",
+    "llama3_2/1B_reward_model": "reward_model",
+    "llama3_2/1B_ppo": "ppo",
     "qwen2_5/0.5B_grpo": "grpo",
     "llama3_1/8B_lora": "lora_finetune",
     "qwen2_5/0.5B_full": "full_finetune",

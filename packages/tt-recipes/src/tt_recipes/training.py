@@ -282,10 +282,11 @@ def shard(model: torch.nn.Module, cfg: Any) -> None:
         custom_sharded_layers=cfg.custom_sharded_layers,
     )
     # The chunked loss projects hidden states outside forward(); FSDP must gather the output
-    # (or tied embedding) weight for that call too.
+    # (or tied embedding) weight for that call too. A scorer has no such call.
     from torch.distributed.fsdp import register_fsdp_forward_method
 
-    register_fsdp_forward_method(model, "logits_from_hidden")
+    if hasattr(model, "logits_from_hidden"):
+        register_fsdp_forward_method(model, "logits_from_hidden")
 
 
 def check_nf4_shardable(model: torch.nn.Module, world_size: int) -> None:

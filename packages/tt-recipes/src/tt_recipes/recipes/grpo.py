@@ -150,17 +150,7 @@ def recipe_main(cfg: DictConfig) -> None:
         rewards = reward_fns.RewardFunctions.from_config(cfg)
         rewards.check_columns(run.loader.dataset, "dataset")
         check_prompt_lengths(run.loader.dataset, cfg.max_new_tokens, run.model.config.max_seq_len)
-        engine = KVCacheEngine(
-            run.model,
-            stop_tokens=run.tokenizer.stop_tokens,
-            pad_id=run.tokenizer.pad_id,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            top_k=cfg.top_k,
-            compile=cfg.compile_generation,
-            reshard_after_forward=cfg.fsdp_reshard_after_forward,
-        )
+        engine = KVCacheEngine.from_config(run.model, run.tokenizer, cfg)
         train(run, engine, rewards, reference)
 
 

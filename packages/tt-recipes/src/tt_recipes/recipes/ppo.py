@@ -163,17 +163,7 @@ def recipe_main(cfg: DictConfig) -> None:
                 checkers.check_columns(run.loader.dataset, "dataset")
             if run.val_loader is not None:
                 checkers.check_columns(run.val_loader.dataset, "dataset_val")
-        engine = KVCacheEngine(
-            run.model,
-            stop_tokens=run.tokenizer.stop_tokens,
-            pad_id=run.tokenizer.pad_id,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            top_k=cfg.top_k,
-            compile=cfg.compile_generation,
-            reshard_after_forward=cfg.fsdp_reshard_after_forward,
-        )
+        engine = KVCacheEngine.from_config(run.model, run.tokenizer, cfg)
         ppo = PPO(run, engine, value, reward, reference, KLController(
             cfg.kl_coef, cfg.kl_target, cfg.kl_horizon), checkers)  # fmt: skip
         ppo.train()
@@ -207,8 +197,12 @@ def check_vocabularies(policy: torch.nn.Module, *scorers: torch.nn.Module) -> No
 class ValueModel:
     """The trained value model: a scorer, its optimizer and schedule."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: Any, scheduler: Any, clip: float | None):
-        self.model, self.optimizer, self.scheduler, self.clip = model, optimizer, scheduler, clip
+    def __init__(
+        self, model: torch.nn.Module, optimizer: Any, scheduler: Any, cfg: DictConfig
+    ) -> None:
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.cfg = cfg  # the run's config as the value model sees it: its source, no adapters
+        self.clip = cfg.clip_grad_norm
 
     @classmethod
     def build(cls, cfg: DictConfig, dist: tt_dist.DistInfo, total_steps: int) -> ValueModel:
@@ -232,7 +226,7 @@ class ValueModel:
             if cfg.get("lr_scheduler") is not None
             else None
         )
-        return cls(model, optimizer, scheduler, cfg.clip_grad_norm)
+        return cls(model, optimizer, scheduler, value_cfg)
 
     def step(self) -> float | None:
         norm = None
@@ -299,7 +293,7 @@ class PPO:
             state=self.state(),
             exports={
                 "policy": run.plan.exporter(run.model, run.cfg, run.tokenizer),
-                "value": scoring.scorer_exporter(self.value.model, run.cfg, run.tokenizer),
+                "value": scoring.scorer_exporter(self.value.model, self.value.cfg, run.tokenizer),
             },
             keep_last_n=run.cfg.keep_last_n_checkpoints,
             training_state=not final or run.cfg.save_final_training_state,

@@ -85,6 +85,21 @@ class KVCacheEngine:
     def sync_weights(self) -> None:
         pass
 
+    @classmethod
+    def from_config(cls, model: torch.nn.Module, tokenizer: Any, cfg: Any) -> KVCacheEngine:
+        """The engine an RL recipe's config describes (its sampling and generation keys)."""
+        return cls(
+            model,
+            stop_tokens=tokenizer.stop_tokens,
+            pad_id=tokenizer.pad_id,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            compile=cfg.compile_generation,
+            reshard_after_forward=cfg.fsdp_reshard_after_forward,
+        )
+
 
 def greedy(engine: KVCacheEngine) -> KVCacheEngine:
     """The same engine decoding greedily (validation)."""
