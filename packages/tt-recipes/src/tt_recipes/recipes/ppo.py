@@ -497,9 +497,13 @@ class PPO:
                 rollouts, torch.zeros(len(rollouts)), 1, run.tokenizer.pad_id
             )
             batch = trainer.to_device(batch, run.dist.device)
-            totals["val_score"] += float(self.raw_scores(batch, rollouts).sum())
-            if self.checkers is not None:
-                for name, values in self.checkers.score(rollouts).per_function.items():
+            checked = self.checkers.score(rollouts) if self.checkers is not None else None
+            if self.reward is None:  # the reward is the checkers' (scored once)
+                totals["val_score"] += sum(checked.total)
+            else:
+                totals["val_score"] += float(self.raw_scores(batch, rollouts).sum())
+            if checked is not None:
+                for name, values in checked.per_function.items():
                     key = f"val_rewards/{name}"
                     totals[key] = totals.get(key, 0.0) + sum(v for v in values if v is not None)
             count += len(rollouts)
