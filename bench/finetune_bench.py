@@ -64,6 +64,7 @@ class Settings:
     lora_rank: int
     lora_alpha: float
     lr: float
+    compile: bool = False  # torch.compile each block, as the recipes' ``compile: true``
 
 
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
@@ -95,7 +96,7 @@ def flops_per_token(settings: Settings, n_matmul: int, n_lora: int) -> float:
     m = settings.model
     attention = 12 * m["n_layers"] * m["dim"] * settings.seq_len  # d_attn == dim here
     if settings.mode == "full":
-        return 6 * n_matmul + attention
+        return 6 * n_matmul + attention  # qlora counts as lora: dequantizing is not model FLOPs
     return 4 * n_matmul + 6 * n_lora + attention
 
 
@@ -123,10 +124,21 @@ def build(settings: Settings, device: torch.device) -> tuple[torch.nn.Module, in
     )
     n_matmul = matmul_params(model)  # counted before LoRA wraps the linears
     n_lora = 0
-    if settings.mode == "lora":
-        apply_lora(model, settings.lora_targets, settings.lora_rank, settings.lora_alpha)
+    if settings.mode in ("lora", "qlora"):  # qlora: the frozen base weights in NF4
+        quantize = settings.mode == "qlora"
+        apply_lora(
+            model,
+            settings.lora_targets,
+            settings.lora_rank,
+            settings.lora_alpha,
+            quantize_base=quantize,
+        )
         mark_only_adapters_trainable(model)
         n_lora = sum(p.numel() for p in adapter_params(model).values())
+    if settings.compile:
+        from tt_recipes.training import compile_blocks
+
+        compile_blocks(model)
     return model.train(), n_matmul, n_lora
 
 
@@ -140,7 +152,7 @@ def run_one(settings: Settings) -> dict:
     memory_before = current_memory_bytes(device)
     model, n_matmul, n_lora = build(settings, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, fused=True)  # the recipes' default
     loss_fn = ChunkedCrossEntropy()
     shape = (settings.batch_size, settings.seq_len)
     tokens = torch.randint(0, settings.model["vocab_size"], shape, device=device)
@@ -170,6 +182,7 @@ def run_one(settings: Settings) -> dict:
     return {
         "mode": settings.mode,
         "dtype": settings.dtype,
+        "compile": settings.compile,
         "params_total": sum(p.numel() for p in model.parameters()),
         "params_trainable": sum(p.numel() for p in trainable),
         "params_matmul": n_matmul,
@@ -250,7 +263,9 @@ def print_table(rows: list[dict]) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mode", nargs="+", choices=["full", "lora"], default=["full", "lora"])
+    parser.add_argument(
+        "--mode", nargs="+", choices=["full", "lora", "qlora"], default=["full", "lora"]
+    )
     parser.add_argument("--dtype", nargs="+", choices=list(DTYPES), default=list(DTYPES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=3, help="measured steps")

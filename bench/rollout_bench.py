@@ -29,6 +29,10 @@ MODEL = {"vocab_size": 32_000, "dim": 512, "n_layers": 8, "n_heads": 8, "n_kv_he
          "hidden_dim": 1408, "max_seq_len": 1024, "tie_embeddings": True}  # fmt: skip
 QUICK_MODEL = {"vocab_size": 512, "dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
                "hidden_dim": 128, "max_seq_len": 256, "tie_embeddings": True}  # fmt: skip
+# Llama-3.2-1B's shape (random weights), for GPU runs (bench/gpu_bench.py).
+LLAMA_1B = {"vocab_size": 128_256, "dim": 2048, "n_layers": 16, "n_heads": 32, "n_kv_heads": 8,
+            "hidden_dim": 8192, "max_seq_len": 1024, "tie_embeddings": True}  # fmt: skip
+MODELS = {"small": MODEL, "1b": LLAMA_1B}
 
 
 def write_model(directory: Path, model_args: dict) -> None:
@@ -129,6 +133,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default="small", choices=list(MODELS), help="model shape")
     parser.add_argument("--quick", action="store_true", help="tiny model, no results file")
     parser.add_argument("--results", type=Path, default=RESULTS)
     # worker-only
@@ -151,7 +156,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
-        write_model(model_dir, QUICK_MODEL if args.quick else MODEL)
+        write_model(model_dir, QUICK_MODEL if args.quick else MODELS[args.model])
         compiled = [False, True] if args.compile else [False]
         for batch in args.batches:
             for mode in args.modes:
@@ -184,7 +189,7 @@ def main() -> None:
         report = {
             "machine": {"cpu": platform.processor() or platform.machine(),
                         "torch": torch.__version__, "device": args.device},
-            "model": MODEL, "dtype": args.dtype, "prompt_len": args.prompt_len,
+            "model": MODELS[args.model], "dtype": args.dtype, "prompt_len": args.prompt_len,
             "new_tokens": args.new_tokens, "rows": rows,
         }  # fmt: skip
         args.results.parent.mkdir(parents=True, exist_ok=True)

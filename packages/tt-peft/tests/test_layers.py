@@ -59,16 +59,18 @@ def test_forward_and_grads_equal_peft(use_dora: bool, bias: bool, use_rslora: bo
     expected.square().sum().backward()
     actual.square().sum().backward()
     layer = peft_model.base_model.model.proj
-    close = {"atol": 1e-5, "rtol": 1e-5}  # float32 summation-order noise on O(1) gradients
-    torch.testing.assert_close(
-        ours.lora_a.weight.grad, layer.lora_A["default"].weight.grad, **close
-    )
-    torch.testing.assert_close(
-        ours.lora_b.weight.grad, layer.lora_B["default"].weight.grad, **close
-    )
+
+    def close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+        # float32 summation-order noise: entries are sums over tokens that partly cancel, so
+        # the bound is relative to the gradient's scale (the largest entries are in the
+        # hundreds); in float64 the two agree to 1e-13.
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(actual, expected, atol=1e-6 * scale, rtol=1e-5)
+
+    close(ours.lora_a.weight.grad, layer.lora_A["default"].weight.grad)
+    close(ours.lora_b.weight.grad, layer.lora_B["default"].weight.grad)
     if use_dora:
-        peft_grad = layer.lora_magnitude_vector["default"].weight.grad
-        torch.testing.assert_close(ours.magnitude.grad, peft_grad, **close)
+        close(ours.magnitude.grad, layer.lora_magnitude_vector["default"].weight.grad)
     assert ours.weight.grad is None
 
 

@@ -111,6 +111,18 @@ class TransformerDecoder(nn.Module):
         """The output projection weight ``[vocab_size, dim]`` (the embedding weight when tied)."""
         return self.tok_embeddings.weight if self.output is None else self.output.weight
 
+    def plain_output_weight(self) -> torch.Tensor | None:
+        """The weight ``W`` when ``logits_from_hidden(h)`` is exactly ``h @ W.T`` (a plain or
+        tied output layer, no soft-capping), else None (an adapter, fake quantization or a
+        cap changes the map). A loss that fuses the projection with cross-entropy needs it."""
+        if self.final_softcap is not None:
+            return None
+        if self.output is None:
+            return self.tok_embeddings.weight
+        if type(self.output) is nn.Linear and self.output.bias is None:
+            return self.output.weight
+        return None
+
     def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """Project final-norm hidden states ``[..., dim]`` to logits ``[..., vocab_size]``,
         soft-capped when the family caps its logits (Gemma 2).

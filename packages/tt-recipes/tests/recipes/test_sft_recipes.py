@@ -208,3 +208,45 @@ def test_optimizer_in_backward_refuses_clipping_and_accumulation(tmp_path: Path)
                 "gradient_accumulation_steps=2",
             ],
         )
+
+
+def test_profiler_writes_a_chrome_trace_and_an_operator_table(tmp_path: Path) -> None:
+    run_recipe(
+        "full_finetune",
+        "tiny/full",
+        [
+            f"output_dir={tmp_path}",
+            *FAST_FULL,
+            "max_steps_per_epoch=5",
+            "profiler.enabled=true",
+            "profiler.wait_steps=1",
+            "profiler.warmup_steps=1",
+            "profiler.active_steps=2",
+        ],
+    )
+    profile = tmp_path / "profile"
+    # steps 1 skipped, 2 warm-up, 3-4 recorded: the files are named by the last one
+    assert sorted(p.name for p in profile.iterdir()) == ["ops_step4.txt", "trace_step4.json"]
+    trace = json.loads((profile / "trace_step4.json").read_text())
+    names = {event.get("name") for event in trace["traceEvents"]}
+    # torch numbers the profiler's steps from 0: #2 and #3 are training steps 3 and 4
+    assert {"aten::mm", "ProfilerStep#2", "ProfilerStep#3"} <= names
+    assert "ProfilerStep#1" not in names
+    table = (profile / "ops_step4.txt").read_text()
+    assert "Self CPU" in table and "aten::mm" in table
+
+
+def test_adamw_defaults_to_the_fused_kernel_with_the_same_updates(tmp_path: Path) -> None:
+    """Without fused/foreach in the config, torch's fused AdamW runs (one pass over all
+    parameters); its training equals the per-parameter loop's up to float rounding."""
+    common = [*FAST_FULL, "max_steps_per_epoch=4"]
+    run_recipe("full_finetune", "tiny/full", [f"output_dir={tmp_path / 'fused'}", *common])
+    run_recipe(
+        "full_finetune",
+        "tiny/full",
+        [f"output_dir={tmp_path / 'loop'}", *common, "optimizer.foreach=false"],
+    )
+    fused, loop = losses(tmp_path / "fused" / "logs"), losses(tmp_path / "loop" / "logs")
+    assert fused.keys() == loop.keys() == {1, 2, 3, 4}
+    for step in fused:
+        assert fused[step] == pytest.approx(loop[step], rel=1e-5), step

@@ -14,6 +14,7 @@ from tt_recipes.losses import (
     chunked_cross_entropy_sum,
     chunked_kd_sums,
     cross_entropy_sum,
+    linear_cross_entropy_sum,
     sequence_logprobs,
     shift_labels,
 )
@@ -160,6 +161,74 @@ def test_chunked_loss_and_gradients_equal_the_full_loss(num_chunks: int) -> None
     torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(hidden.grad, expected_grads[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(weight.grad, expected_grads[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_chunks", [1, 3, 8])
+@pytest.mark.parametrize("weight_trains", [True, False])
+def test_fused_linear_loss_and_gradients_equal_the_full_loss(
+    num_chunks: int, weight_trains: bool
+) -> None:
+    """The gradient computed in forward, scaled by the upstream gradient in backward, is the
+    gradient of the full loss (float64: exact up to rounding; ignored targets contribute 0)."""
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 13, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(40, 16, dtype=torch.float64, requires_grad=weight_trains)
+    targets = torch.randint(0, 40, (2, 13))
+    targets[0, :4] = IGNORE_INDEX
+    inputs = (hidden, weight) if weight_trains else (hidden,)
+    full = 0.3 * torch.nn.functional.cross_entropy(  # in float64 (cross_entropy_sum is fp32)
+        (hidden @ weight.T).flatten(0, 1), targets.flatten(), reduction="sum"
+    )
+    expected = torch.autograd.grad(full, inputs)
+    fused = linear_cross_entropy_sum(hidden, weight, targets, num_chunks=num_chunks) * 0.3
+    for got, want in zip(torch.autograd.grad(fused, inputs), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fused, full, rtol=1e-12, atol=0.0)
+    assert torch.autograd.gradcheck(
+        lambda h, w: linear_cross_entropy_sum(h, w, targets, num_chunks=num_chunks),
+        (hidden.detach().requires_grad_(), weight.detach().requires_grad_()),
+    )
+
+
+def test_default_loss_fuses_a_plain_output_layer_only() -> None:
+    """ChunkedCrossEntropy takes the fused path for a plain or tied output layer and the
+    checkpointed one when an adapter or a soft-cap changes the projection; both agree."""
+    from tt_models import transformer_decoder
+    from tt_peft import apply_lora
+
+    calls = []
+    original = torch.utils.checkpoint.checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    targets = torch.randint(0, 64, (2, 9))
+    results = {}
+    for name, tied, change in [
+        ("tied", True, None),
+        ("untied", False, None),
+        ("softcap", True, lambda m: setattr(m, "final_softcap", 30.0)),
+        ("lora", False, lambda m: apply_lora(m, ["output"], rank=2, alpha=4)),
+    ]:
+        torch.manual_seed(0)
+        model = transformer_decoder(
+            vocab_size=64, dim=16, n_layers=1, n_heads=2, hidden_dim=32, tie_embeddings=tied
+        )
+        if change is not None:
+            change(model)
+        hidden = torch.randn(2, 9, 16)
+        calls.clear()
+        torch.utils.checkpoint.checkpoint = counting
+        try:
+            results[name] = ChunkedCrossEntropy(num_chunks=3)(
+                hidden, model.logits_from_hidden, targets
+            )
+        finally:
+            torch.utils.checkpoint.checkpoint = original
+        assert bool(calls) == (name in ("softcap", "lora")), name
+        expected = cross_entropy_sum(model.logits_from_hidden(hidden), targets)
+        torch.testing.assert_close(results[name], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_chunked_loss_upcasts_bf16_logits() -> None:

@@ -18,3 +18,20 @@ def test_nf4_weights_too_small_to_split_across_ranks_name_the_layer() -> None:
     check_nf4_shardable(model, 1)
     with pytest.raises(ValueError, match=r"NF4 weight of layers.0.attn.q_proj \(128, 128\)"):
         check_nf4_shardable(model, 2)
+
+
+def test_fused_optimizer_default_only_where_torch_has_the_kernel() -> None:
+    from omegaconf import OmegaConf
+    from tt_recipes.trainer import fused_optimizer_default
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+
+    def chosen(**node: object) -> dict:
+        return fused_optimizer_default(OmegaConf.create(node), params)
+
+    assert chosen(_component_="torch.optim.AdamW", lr=1e-3) == {"fused": True}
+    assert chosen(_component_="torch.optim.SGD", lr=1e-3) == {"fused": True}
+    assert chosen(_component_="torch.optim.AdamW", lr=1e-3, foreach=True) == {}  # user's choice
+    assert chosen(_component_="torch.optim.AdamW", lr=1e-3, fused=False) == {}
+    assert chosen(_component_="torch.optim.RMSprop", lr=1e-3) == {}  # no fused kernel
+    assert chosen(_component_="torchao.optim.AdamW8bit", lr=1e-3) == {}  # not torch's
