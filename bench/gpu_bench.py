@@ -45,8 +45,9 @@ RESULTS = ROOT / "bench" / "results"
 SOURCES = [str(p) for p in sorted((ROOT / "packages").glob("*/src"))]
 LLAMA_1B = {"vocab_size": 128_256, "dim": 2048, "n_layers": 16, "n_heads": 32,
             "n_kv_heads": 8, "hidden_dim": 8192}  # fmt: skip
-TINY = {"vocab_size": 512, "dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
-        "hidden_dim": 128}  # fmt: skip
+# Every projection a multiple of 16384 elements: torchao's NF4 (torchtune's QLoRA) needs it.
+TINY = {"vocab_size": 512, "dim": 128, "n_layers": 2, "n_heads": 4, "n_kv_heads": 4,
+        "hidden_dim": 256}  # fmt: skip
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MODES = ("full", "lora", "qlora")
 NEEDED = {"torchao": "torchao", "omegaconf": "omegaconf", "safetensors": "safetensors",
