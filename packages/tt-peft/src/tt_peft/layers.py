@@ -184,8 +184,8 @@ class LoRALinear(nn.Module):
     def add_lora(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``out + s * B A x``, with ``s`` applied to the rank-sized ``A x`` and the addition
         fused into B's product (``addmm``): one pass over the [tokens, out_features] result
-        instead of three (product, scaling, sum), which made bf16 LoRA slower than full
-        fine-tuning on CPU (bench/README.md)."""
+        instead of three (product, scaling, sum); 1.54 -> 1.25 s per bf16 LoRA step of an
+        88M model on 2 CPU cores (bench/README.md)."""
         hidden = self.lora_a(x.to(self.adapter_dtype)) * self.scaling
         if hidden.dtype != out.dtype:  # e.g. an fp32 adapter on a bf16 base: peft's casts
             return out + self.lora_b(hidden).to(out.dtype)

@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.distributed.tensor import DTensor
 from tt_data import IGNORE_INDEX  # the label of positions without loss, as in the datasets
 
 
@@ -34,7 +33,7 @@ def sequence_chunks(tensor: torch.Tensor, num_chunks: int) -> list[torch.Tensor]
     Contiguous because a strided [b, chunk, dim] slice cannot be folded into one matrix
     product: ``F.linear`` then falls back to a batched product over a materialised copy of
     the broadcast weight ([b, dim, vocab], once per chunk and again in backward), which took
-    two thirds of a bf16 LoRA step on CPU (measured with torch.profiler, bench/README.md).
+    a third of a bf16 LoRA step on CPU (measured with torch.profiler, bench/README.md).
     """
     return [chunk.contiguous() for chunk in tensor.chunk(num_chunks, dim=1)]
 
@@ -199,21 +198,11 @@ class ChunkedCrossEntropy:
 
 def _plain_weight(project: Projection) -> torch.Tensor | None:
     """The matrix ``project`` multiplies by, when it is a decoder's plain output layer held as
-    an ordinary tensor (an FSDP-sharded one is gathered by its module's hooks, which only a
-    call of the module runs)."""
+    an ordinary tensor: not a tensor subclass such as an FSDP shard (a DTensor, gathered only
+    by its module's hooks, which only a call of the module runs) or an NF4 weight."""
     model = getattr(project, "__self__", None)
     weight = model.plain_output_weight() if hasattr(model, "plain_output_weight") else None
-    if (
-        weight is None
-        or isinstance(weight, DTensor)
-        or type(weight)
-        not in (
-            torch.Tensor,
-            torch.nn.Parameter,
-        )
-    ):
-        return None
-    return weight
+    return weight if type(weight) in (torch.Tensor, torch.nn.Parameter) else None
 
 
 # ---------------------------------------------------------------------------------------------
