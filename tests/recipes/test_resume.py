@@ -162,6 +162,23 @@ def test_a_resumed_log_has_every_step_once_and_marks_the_resume(tmp_path: Path) 
     assert steps[-1] == 24
 
 
+def _start_rl(recipe: str, overrides: list[str]) -> subprocess.Popen:
+    """``tt run <recipe> --config tiny/<recipe>`` in its own process group, to be SIGKILLed."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tt_cli", "run", recipe, "--config", f"tiny/{recipe}", *overrides],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+
+
+def _run_rl(recipe: str, overrides: list[str]) -> None:
+    """As `_start_rl`, to the end: every part of a resume comparison runs on one thread, since
+    a different thread count sums in another order."""
+    proc = _start_rl(recipe, overrides)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()[-2000:]
+
+
 def grpo_overrides(base: Path, out: Path) -> list[str]:
     """12 GRPO steps of 4 prompts x 4 completions from tiny/full, a checkpoint every 3."""
     return [
@@ -185,18 +202,11 @@ def test_grpo_resumes_after_sigkill_with_the_same_rollouts_and_losses(
     """Completions are seeded by (seed, step, prompt row, sample): the resumed run samples,
     scores and trains on exactly what the uninterrupted one did."""
     reference = tmp_path / "reference"
-    run_recipe("grpo", "tiny/grpo", grpo_overrides(tiny_full_run, reference))
+    _run_rl("grpo", grpo_overrides(tiny_full_run, reference))
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tt_cli", "run", "grpo", "--config", "tiny/grpo",
-         *grpo_overrides(tiny_full_run, killed)],
-        env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
+    proc = _start_rl("grpo", grpo_overrides(tiny_full_run, killed))
     _kill_after_checkpoint(proc, killed, step=6)
-    run_recipe(
-        "grpo", "tiny/grpo", [*grpo_overrides(tiny_full_run, killed), "resume_from_checkpoint=true"]
-    )
+    _run_rl("grpo", [*grpo_overrides(tiny_full_run, killed), "resume_from_checkpoint=true"])
     for key in ("loss", "reward", "completions/mean_length"):
         expected, resumed = _records(reference / "logs", key), _records(killed / "logs", key)
         assert sorted(resumed) == sorted(expected) == list(range(1, 13))
@@ -221,20 +231,21 @@ def ppo_overrides(base: Path, out: Path) -> list[str]:
 
 
 @pytest.mark.timeout(600)
-def test_ppo_resumes_with_the_same_rollouts_losses_and_value_model(
+def test_ppo_resumes_after_sigkill_with_the_same_rollouts_losses_and_value_model(
     tiny_full_run: Path, tmp_path: Path
 ) -> None:
-    """Both models, both optimizers, the KL controller and the prompt position come back."""
-    import shutil
-
+    """Both models, both optimizers, the KL controller, the RNG and the prompt position come
+    back from a run SIGKILLed after its checkpoint at step 3."""
     import torch
     from safetensors.torch import load_file
 
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    run_recipe("ppo", "tiny/ppo", ppo_overrides(tiny_full_run, reference))
-    run_recipe("ppo", "tiny/ppo", ppo_overrides(tiny_full_run, resumed))
-    shutil.rmtree(resumed / "step_6")  # as if the run had stopped after step_3
-    run_recipe("ppo", "tiny/ppo", [*ppo_overrides(tiny_full_run, resumed), "resume_from_checkpoint=true"])  # fmt: skip
+    _run_rl("ppo", ppo_overrides(tiny_full_run, reference))
+    proc = _start_rl("ppo", ppo_overrides(tiny_full_run, resumed))
+    _kill_after_checkpoint(proc, resumed, step=3)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (resumed / "step_6").exists()
+    _run_rl("ppo", [*ppo_overrides(tiny_full_run, resumed), "resume_from_checkpoint=true"])
     for key in ("policy_loss", "value_loss", "score", "kl", "kl_coef"):
         expected, got = _records(reference / "logs", key), _records(resumed / "logs", key)
         assert sorted(got) == sorted(expected) == list(range(1, 7))

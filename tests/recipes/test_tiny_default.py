@@ -108,12 +108,14 @@ def test_the_tiny_default_and_every_recipe_after_it(tmp_path: Path) -> None:
     start, end = reward[0], reward[max(reward)]
     assert end > start + 0.25, reward  # measured +0.52, +0.63 (2 seeds)
 
-    # tiny/reward_model: a score head on tiny/full ranks held-out right sums above near misses
+    # tiny/reward_model: a score head on tiny/full ranks right answers above near misses, on
+    # sums it never trained on
     tt("run", "reward_model", "--config", "tiny/reward_model", cwd=tmp_path)
     ranked = val(outputs / "tiny_reward_model", "val_accuracy")
-    assert ranked[max(ranked)] > 0.65, ranked  # measured 0.74, 0.76 (2 kernel paths)
+    assert ranked[max(ranked)] >= 0.9, ranked  # measured 0.95-0.97 (2 seeds, 2 kernel paths)
 
     # tiny/ppo: verifiable rewards on sums above 20; held-out sums answered greedily
     tt("run", "ppo", "--config", "tiny/ppo", cwd=tmp_path)
     reward = val(outputs / "tiny_ppo", "val_score")
-    assert reward[max(reward)] > reward[0] + 0.15, reward  # measured +0.25, +0.28 (2 kernel paths)
+    # measured +0.25, +0.28, +0.31 (2 kernel paths, 2 hosts)
+    assert reward[max(reward)] > reward[0] + 0.15, reward

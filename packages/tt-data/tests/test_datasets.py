@@ -214,6 +214,20 @@ def test_synthetic_arithmetic_is_deterministic_and_correct(llama3_tokenizer):
         tt_data.datasets.arithmetic_rows(5, split="test")
 
 
+def test_held_out_sums_never_reach_the_train_split():
+    def sums(rows):
+        return {tuple(map(int, r["input"][8:-1].split(" + "))) for r in rows}
+
+    train = sums(tt_data.datasets.arithmetic_rows(4000, held_out_sums=True))
+    held_out = sums(tt_data.datasets.arithmetic_rows(1000, split="validation", held_out_sums=True))
+    every = {(a, b) for a in range(21) for b in range(21)}
+    expected = {p for p in every if tt_data.datasets.synthetic.is_held_out_sum(*p)}
+    assert held_out == expected and train == every - expected
+    assert 0.1 < len(held_out) / len(every) < 0.3  # a fifth, by hash
+    # the default keeps drawing every sum in both splits (tiny/full and tiny/dpo depend on it)
+    assert sums(tt_data.datasets.arithmetic_rows(4000)) == every
+
+
 def test_packed_builder_needs_a_length(tmp_path, llama3_tokenizer):
     with pytest.raises(ValueError, match="packed=True needs a pack length"):
         tt_data.synthetic_arithmetic(llama3_tokenizer, n=4, packed=True)

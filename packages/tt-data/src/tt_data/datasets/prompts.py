@@ -9,7 +9,6 @@ column of the row unchanged (a reference ``answer``, a task id...).
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -18,6 +17,7 @@ import datasets
 import torch
 
 from tt_data.datasets.base import DataError, TokenizedDataset, _check_rows, load_rows
+from tt_data.datasets.synthetic import is_held_out_sum
 from tt_data.messages import Message
 from tt_data.tokenizers.protocol import ModelTokenizer
 from tt_data.transforms import RowTransform, _openai_turns
@@ -113,7 +113,7 @@ def arithmetic_prompt_rows(
         (a, b)
         for a in range(max_operand + 1)
         for b in range(max_operand + 1)
-        if max(a, b) > above and _held_out(a, b) == (split == "validation")
+        if max(a, b) > above and is_held_out_sum(a, b) == (split == "validation")
     ]
     if not pairs:
         raise ValueError(f"no sums with max_operand={max_operand} above {above} in split {split!r}")
@@ -122,10 +122,6 @@ def arithmetic_prompt_rows(
         {"prompt": f"What is {a} + {b}?", "answer": str(a + b)}
         for a, b in (rng.choice(pairs) for _ in range(n))
     ]
-
-
-def _held_out(a: int, b: int) -> bool:
-    return hashlib.sha256(f"{a}+{b}".encode()).digest()[0] % 5 == 0
 
 
 def synthetic_arithmetic_prompts(

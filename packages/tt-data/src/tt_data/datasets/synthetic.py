@@ -7,6 +7,7 @@ A ~1-5M parameter model learns two-operand sums up to 20 + 20 in a minute or two
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import datasets
@@ -30,19 +31,39 @@ def _rng(seed: int, split: str) -> random.Random:
     return random.Random(f"tt-synthetic-arithmetic:{seed}:{split}")
 
 
+def is_held_out_sum(a: int, b: int) -> bool:
+    """The fixed fifth of sums ``a + b`` that held-out splits keep apart from training."""
+    return hashlib.sha256(f"{a}+{b}".encode()).digest()[0] % 5 == 0
+
+
 def arithmetic_rows(
-    n: int, seed: int = 0, split: str = "train", max_operand: int = 20
+    n: int,
+    seed: int = 0,
+    split: str = "train",
+    max_operand: int = 20,
+    held_out_sums: bool = False,
 ) -> list[dict[str, str]]:
     """``n`` rows ``{"input": "What is a + b?", "output": str(a + b), "wrong": ...}``.
 
     ``wrong`` is a deterministic incorrect answer (the rejected side of preference pairs).
+    With ``held_out_sums`` the train split never draws the sums `is_held_out_sum` picks and the
+    validation split draws only those, so validation measures sums never trained on.
     """
     if n < 1 or max_operand < 1:
         raise ValueError(f"need n >= 1 and max_operand >= 1, got n={n}, max_operand={max_operand}")
     rng = _rng(seed, split)
+    pairs = [
+        (a, b)
+        for a in range(max_operand + 1)
+        for b in range(max_operand + 1)
+        if is_held_out_sum(a, b) == (split == "validation")
+    ]
     rows = []
     for _ in range(n):
-        a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
+        if held_out_sums:
+            a, b = rng.choice(pairs)
+        else:
+            a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
         offset = rng.choice([d for d in range(-3, 4) if d != 0 and a + b + d >= 0])
         rows.append(
             {"input": f"What is {a} + {b}?", "output": str(a + b), "wrong": str(a + b + offset)}
@@ -73,14 +94,15 @@ def synthetic_arithmetic_preference(
     seed: int = 0,
     split: str = "train",
     max_operand: int = 20,
+    held_out_sums: bool = False,
     packed: bool = False,
     max_seq_len: int | None = None,
 ) -> torch.utils.data.Dataset:
-    """Preference pairs: the correct sum is chosen, a near-miss is rejected."""
-    pairs = [
-        {"prompt": r["input"], "chosen": r["output"], "rejected": r["wrong"]}
-        for r in arithmetic_rows(n, seed, split, max_operand)
-    ]
+    """Preference pairs: the correct sum is chosen, a near miss (off by 1-3) is rejected.
+
+    ``held_out_sums``: validation pairs are on sums the train split never draws."""
+    rows = arithmetic_rows(n, seed, split, max_operand, held_out_sums)
+    pairs = [{"prompt": r["input"], "chosen": r["output"], "rejected": r["wrong"]} for r in rows]
     rows = datasets.Dataset.from_list(pairs)
     sample_fn = PreferenceTransform(tokenizer, ChosenRejectedToMessages())
     return build_dataset(rows, sample_fn, packed, tokenizer, max_seq_len)
