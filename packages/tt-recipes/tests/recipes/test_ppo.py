@@ -69,6 +69,14 @@ def test_a_causal_lm_as_the_reward_model(tiny_full_run: Path, tmp_path: Path) ->
         run_ppo(tiny_full_run, tmp_path, f"reward_model.checkpoint_dir={tiny_full_run}")
 
 
+def test_a_value_model_that_cannot_be_built(tiny_full_run: Path, tmp_path: Path) -> None:
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    (unknown / "config.json").write_text('{"architectures": ["FooModel"], "model_type": "foo"}')
+    with pytest.raises(ValueError, match="value model cannot be built from .*unknown.*'foo'"):
+        run_ppo(tiny_full_run, tmp_path / "out", f"value_model.checkpoint_dir={unknown}")
+
+
 def test_a_reward_model_with_another_vocabulary() -> None:
     from types import SimpleNamespace
 

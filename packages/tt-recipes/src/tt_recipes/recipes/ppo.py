@@ -217,7 +217,11 @@ class ValueModel:
             {"checkpointer": {"checkpoint_dir": source, "checkpoint_files": None}, "peft": None},
         )
         dtype = training.get_dtype(cfg.dtype, dist.device)
-        model = trainer.build_trained_model(value_cfg, dist, dtype, scoring.scorer_plan(value_cfg))
+        try:
+            plan = scoring.scorer_plan(value_cfg)
+            model = trainer.build_trained_model(value_cfg, dist, dtype, plan)
+        except (ValueError, KeyError, OSError) as e:
+            raise ValueError(f"the value model cannot be built from {source!r}: {e}") from e
         optimizer = instantiate(
             cfg.value_optimizer, [p for p in model.parameters() if p.requires_grad]
         )
