@@ -23,7 +23,10 @@ def _start(
     recipe: str = "full_finetune",
     overrides: tuple[str, ...] = tuple(RESUMABLE),
     torchrun: tuple[str, ...] = (),
+    config: str = "tiny/full",
 ) -> subprocess.Popen:
+    """``tt run`` in its own process group (to be SIGKILLed), on one thread. A different thread
+    count sums in another order: the RL resume comparisons run every part through here."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TT_DEBUG": "1"}
     return subprocess.Popen(
         [
@@ -34,7 +37,7 @@ def _start(
             *torchrun,
             recipe,
             "--config",
-            "tiny/full",
+            config,
             f"output_dir={output_dir}",
             *overrides,
         ],  # fmt: skip
@@ -162,19 +165,9 @@ def test_a_resumed_log_has_every_step_once_and_marks_the_resume(tmp_path: Path) 
     assert steps[-1] == 24
 
 
-def _start_rl(recipe: str, overrides: list[str]) -> subprocess.Popen:
-    """``tt run <recipe> --config tiny/<recipe>`` in its own process group, to be SIGKILLed."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "tt_cli", "run", recipe, "--config", f"tiny/{recipe}", *overrides],
-        env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
-
-
-def _run_rl(recipe: str, overrides: list[str]) -> None:
-    """As `_start_rl`, to the end: every part of a resume comparison runs on one thread, since
-    a different thread count sums in another order."""
-    proc = _start_rl(recipe, overrides)
+def _run_rl(recipe: str, out: Path, overrides: list[str]) -> None:
+    """``tt run <recipe> --config tiny/<recipe>`` as `_start` does it, waited for."""
+    proc = _start(out, recipe, tuple(overrides), config=f"tiny/{recipe}")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err.decode()[-2000:]
 
@@ -202,11 +195,11 @@ def test_grpo_resumes_after_sigkill_with_the_same_rollouts_and_losses(
     """Completions are seeded by (seed, step, prompt row, sample): the resumed run samples,
     scores and trains on exactly what the uninterrupted one did."""
     reference = tmp_path / "reference"
-    _run_rl("grpo", grpo_overrides(tiny_full_run, reference))
+    _run_rl("grpo", reference, grpo_overrides(tiny_full_run, reference))
     killed = tmp_path / "killed"
-    proc = _start_rl("grpo", grpo_overrides(tiny_full_run, killed))
+    proc = _start(killed, "grpo", tuple(grpo_overrides(tiny_full_run, killed)), config="tiny/grpo")
     _kill_after_checkpoint(proc, killed, step=6)
-    _run_rl("grpo", [*grpo_overrides(tiny_full_run, killed), "resume_from_checkpoint=true"])
+    _run_rl("grpo", killed, [*grpo_overrides(tiny_full_run, killed), "resume_from_checkpoint=true"])
     for key in ("loss", "reward", "completions/mean_length"):
         expected, resumed = _records(reference / "logs", key), _records(killed / "logs", key)
         assert sorted(resumed) == sorted(expected) == list(range(1, 13))
@@ -240,12 +233,12 @@ def test_ppo_resumes_after_sigkill_with_the_same_rollouts_losses_and_value_model
     from safetensors.torch import load_file
 
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    _run_rl("ppo", ppo_overrides(tiny_full_run, reference))
-    proc = _start_rl("ppo", ppo_overrides(tiny_full_run, resumed))
+    _run_rl("ppo", reference, ppo_overrides(tiny_full_run, reference))
+    proc = _start(resumed, "ppo", tuple(ppo_overrides(tiny_full_run, resumed)), config="tiny/ppo")
     _kill_after_checkpoint(proc, resumed, step=3)
     assert proc.returncode == -signal.SIGKILL
     assert not (resumed / "step_6").exists()
-    _run_rl("ppo", [*ppo_overrides(tiny_full_run, resumed), "resume_from_checkpoint=true"])
+    _run_rl("ppo", resumed, [*ppo_overrides(tiny_full_run, resumed), "resume_from_checkpoint=true"])
     for key in ("policy_loss", "value_loss", "score", "kl", "kl_coef"):
         expected, got = _records(reference / "logs", key), _records(resumed / "logs", key)
         assert sorted(got) == sorted(expected) == list(range(1, 7))

@@ -17,7 +17,7 @@ import datasets
 import torch
 
 from tt_data.datasets.base import DataError, TokenizedDataset, _check_rows, load_rows
-from tt_data.datasets.synthetic import is_held_out_sum
+from tt_data.datasets.synthetic import split_sums
 from tt_data.messages import Message
 from tt_data.tokenizers.protocol import ModelTokenizer
 from tt_data.transforms import RowTransform, _openai_turns
@@ -109,12 +109,7 @@ def arithmetic_prompt_rows(
     sums the policy never trained on."""
     if split not in ("train", "validation"):
         raise ValueError(f"split {split!r} is not valid; expected 'train' or 'validation'")
-    pairs = [
-        (a, b)
-        for a in range(max_operand + 1)
-        for b in range(max_operand + 1)
-        if max(a, b) > above and is_held_out_sum(a, b) == (split == "validation")
-    ]
+    pairs = split_sums(max_operand, split, above)
     if not pairs:
         raise ValueError(f"no sums with max_operand={max_operand} above {above} in split {split!r}")
     rng = random.Random(f"tt-arithmetic-prompts:{seed}:{split}")

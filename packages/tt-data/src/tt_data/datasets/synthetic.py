@@ -36,6 +36,17 @@ def is_held_out_sum(a: int, b: int) -> bool:
     return hashlib.sha256(f"{a}+{b}".encode()).digest()[0] % 5 == 0
 
 
+def split_sums(max_operand: int, split: str, above: int = -1) -> list[tuple[int, int]]:
+    """The operand pairs ``(a, b)`` of ``split``, a, b <= max_operand and max(a, b) > above:
+    the held-out fifth for "validation", the rest for "train"."""
+    return [
+        (a, b)
+        for a in range(max_operand + 1)
+        for b in range(max_operand + 1)
+        if max(a, b) > above and is_held_out_sum(a, b) == (split == "validation")
+    ]
+
+
 def arithmetic_rows(
     n: int,
     seed: int = 0,
@@ -52,12 +63,7 @@ def arithmetic_rows(
     if n < 1 or max_operand < 1:
         raise ValueError(f"need n >= 1 and max_operand >= 1, got n={n}, max_operand={max_operand}")
     rng = _rng(seed, split)
-    pairs = [
-        (a, b)
-        for a in range(max_operand + 1)
-        for b in range(max_operand + 1)
-        if is_held_out_sum(a, b) == (split == "validation")
-    ]
+    pairs = split_sums(max_operand, split) if held_out_sums else None
     rows = []
     for _ in range(n):
         if held_out_sums:
