@@ -86,6 +86,9 @@ def cmd_cat(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Load, override and validate a config against its recipe; print OK."""
+    from tt_recipes.console import setup_logging
+
+    setup_logging()  # a torchtune config's rewrites are logged
     path, bundled_recipe = registry.resolve_config(args.config)
     recipe_ref = args.recipe or bundled_recipe
     if recipe_ref is None:
@@ -93,7 +96,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
             f"cannot tell which recipe '{args.config}' is for: pass --recipe NAME (one of: "
             f"{', '.join(registry.available_recipes()) or 'none installed'}) or a recipe .py path"
         )
-    recipe, _, _ = registry.load_run(recipe_ref, args.config, args.overrides)
+    recipe, _, _ = registry.load_run(
+        recipe_ref, args.config, args.overrides, check_environment=not args.skip_environment
+    )
     print(f"OK: {args.config} is a valid config for recipe '{recipe.spec.name}'")
     return 0
 

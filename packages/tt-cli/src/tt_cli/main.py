@@ -67,10 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     validate.description = (
         "Load a config, apply overrides and check it against its recipe: unknown keys, "
         "types, _component_ imports and their arguments. A bundled config knows its "
-        "recipe; a YAML file needs --recipe."
+        "recipe; a YAML file needs --recipe. torchtune configs are read as they are."
     )
     validate.add_argument("config", help="bundled config name or YAML path")
     validate.add_argument("--recipe", help="recipe name, torchtune name or recipe .py path")
+    validate.add_argument(
+        "--skip-environment",
+        action="store_true",
+        help="check keys, values and components only, not this machine (files the config "
+        "names, a CUDA device): for a config meant to run elsewhere",
+    )
     validate.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     validate.set_defaults(handler=commands.cmd_validate)
 

@@ -94,6 +94,10 @@ def run_command(argv: Sequence[str]) -> int:
     """``tt run``: 0 when the recipe finished, 1 when it failed (ConfigError propagates)."""
     torchrun_options, recipe_ref, rest = split_torchrun_args(argv)
     args = _recipe_args(rest, recipe_ref)
+    if not torchrun_options:  # (under torchrun, rank 0 says what loading the config said)
+        from tt_recipes.console import setup_logging
+
+        setup_logging()
     recipe, cfg, path = load_run(recipe_ref, args.config, args.overrides)
     if torchrun_options:
         command = torchrun_command(

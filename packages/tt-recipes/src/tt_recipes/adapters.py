@@ -48,6 +48,22 @@ REQUIRED_PEFT = ConfigKey(keys=PEFT_KEYS, default={}, doc="adapter settings")
 OPTIONAL_PEFT = ConfigKey(
     keys=PEFT_KEYS, default=None, doc="adapter settings; null trains every parameter"
 )
+# What a checkpoint of an adapted model holds besides the training state.
+SAVE_ADAPTER_ONLY = ConfigKey(
+    bool,
+    default=False,
+    doc="checkpoints hold the PEFT adapter alone, not also the merged model",
+)
+
+
+def check_save_adapter_only(cfg: dict[str, Any]) -> list[str]:
+    """save_adapter_weights_only needs adapters (a spec check of the recipes with ``peft``)."""
+    if cfg.get("save_adapter_weights_only") and cfg.get("peft") is None:
+        return [
+            "key 'save_adapter_weights_only': true, but peft is null, so there is no adapter; "
+            "set it to false (or set peft to train adapters)"
+        ]
+    return []
 
 
 def add_adapters(model: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
@@ -86,14 +102,15 @@ def lora_exporter(model: torch.nn.Module, cfg: DictConfig, tokenizer: Any) -> Ex
         if directory is None:
             return
         whole = model if full_sd is None else _unsharded_copy(model, cfg, full_sd)
-        save_hf_model(
-            whole,
-            cfg,
-            tokenizer,
-            directory,
-            dtype=_adapter_dtype(whole),
-            state_dict=merged_state_dict(whole),
-        )
+        if not cfg.get("save_adapter_weights_only"):
+            save_hf_model(
+                whole,
+                cfg,
+                tokenizer,
+                directory,
+                dtype=_adapter_dtype(whole),
+                state_dict=merged_state_dict(whole),
+            )
         family = to_hf_config(model.config)["model_type"]
         base = cfg.checkpointer.get("checkpoint_dir")
         save_peft_adapter(

@@ -29,8 +29,11 @@ def quiet_dependencies() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"lm_eval(\..*)?")
 
 
-def setup_logging() -> None:
-    """Human-readable log lines on rank 0 only (other ranks log warnings and errors)."""
-    level = logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING
+def setup_logging(level_name: str = "INFO") -> None:
+    """Human-readable log lines at ``level_name`` and above on rank 0 (a config's
+    ``log_level``); other ranks log warnings and errors only."""
+    level = getattr(logging, level_name)
+    if int(os.environ.get("RANK", "0")) != 0:
+        level = max(level, logging.WARNING)
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout, force=True)
     quiet_dependencies()

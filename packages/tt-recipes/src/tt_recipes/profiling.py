@@ -31,6 +31,8 @@ log = logging.getLogger("tt")
 PROFILER_KEY = ConfigKey(
     keys={
         "enabled": ConfigKey(bool, default=False),
+        "cpu": ConfigKey(bool, default=True, doc="record CPU operators"),
+        "cuda": ConfigKey(bool, default=True, doc="record CUDA kernels (on a CUDA device)"),
         "output_dir": ConfigKey(str | None, default=None, doc="default <output_dir>/profile"),
         "wait_steps": ConfigKey(int, default=1, min=0, doc="steps before tracing starts"),
         "warmup_steps": ConfigKey(int, default=1, min=0, doc="traced steps discarded"),
@@ -57,8 +59,8 @@ def profiled(
 ) -> Iterator[torch.profiler.profile | None]:
     """A ``torch.profiler.profile`` for the loop to step once per training step, or None when
     ``profiler.enabled`` is false. ``step()`` is the run's step, which names the files (a
-    resumed run counts on from where it was). CPU operators are recorded, and CUDA kernels
-    on a CUDA device."""
+    resumed run counts on from where it was). CPU operators are recorded (``cpu``), and CUDA
+    kernels on a CUDA device (``cuda``)."""
     section = cfg.get("profiler")
     if section is None or not section.enabled:
         yield None
@@ -66,10 +68,16 @@ def profiled(
     where = output_dir(cfg)
     where.mkdir(parents=True, exist_ok=True)
     suffix = f"_rank{rank}" if world_size > 1 else ""
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
+    cuda = section.get("cuda", True) and device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU] if section.get("cpu", True) else []
+    if cuda:
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    if not activities:
+        raise ValueError(
+            f"profiler.cpu is false and the run is on {device.type}, so there is nothing to "
+            "record; set profiler.cpu: true (or run on a CUDA device with profiler.cuda: true)"
+        )
+    sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
 
     def write(prof: torch.profiler.profile) -> None:
         last = step()

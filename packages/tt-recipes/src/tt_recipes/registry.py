@@ -60,6 +60,16 @@ TORCHTUNE_ALIASES: dict[str, str] = {
     "ppo_full_finetune_single_device": "ppo",
 }
 
+# torchtune recipes tt does not have, and what to use meanwhile.
+TORCHTUNE_MISSING: dict[str, str] = {
+    "qat_lora_finetune_distributed": "LoRA with quantization-aware training; qat_finetune "
+    "trains every weight",
+    "dev/generate_v2_distributed": "tensor-parallel generation; generate runs on one device",
+    "dev/early_exit_finetune_distributed": "layer dropout with early-exit loss",
+    "dev/lora_finetune_distributed_multi_dataset": "a vision multi-dataset recipe; "
+    "lora_finetune takes a list of text datasets",
+}
+
 # Bundled config name ("group/name") -> the recipe it is for.
 CONFIGS: dict[str, str] = {
     "tiny/full": "full_finetune",
@@ -145,6 +155,10 @@ def load_recipe(name_or_path: str) -> Recipe:
         recipe = load_recipe(candidate)
         if name_or_path in recipe.spec.aliases:
             return recipe
+    if name_or_path in TORCHTUNE_MISSING:
+        raise ConfigError(
+            f"tt has no recipe {name_or_path!r} yet (torchtune's {TORCHTUNE_MISSING[name_or_path]})"
+        )
     known = names + [a for a, target in TORCHTUNE_ALIASES.items() if target in names]
     raise ConfigError(
         f"unknown recipe {name_or_path!r}{did_you_mean(name_or_path, known)}; available "
@@ -153,14 +167,19 @@ def load_recipe(name_or_path: str) -> Recipe:
 
 
 def load_run(
-    recipe_ref: str, config_ref: str, overrides: Sequence[str] = ()
+    recipe_ref: str,
+    config_ref: str,
+    overrides: Sequence[str] = (),
+    *,
+    check_environment: bool = True,
 ) -> tuple[Recipe, DictConfig, Path]:
     """The recipe and its checked config, every problem reported before anything heavy loads.
 
     First the config's keys, types and values are checked against the recipe's spec snapshot
     (nothing imported); then the recipe is imported and every ``_component_`` resolved and
     bound to its signature; last, paths the config names (checkpoints, tokenizers, data
-    files) must exist and a CUDA device must be present when one is asked for.
+    files) must exist and a CUDA device must be present when one is asked for (unless
+    ``check_environment`` is False: a config checked here for another machine).
 
     Raises:
         ConfigError: naming the file, the key and what would be valid.
@@ -171,7 +190,8 @@ def load_run(
         prepare_config(snapshot, path, overrides, source=config_ref, resolve_components=False)
     recipe = load_recipe(recipe_ref)
     cfg = prepare_config(recipe.spec, path, overrides, source=config_ref)
-    problems = environment_problems(OmegaConf.to_container(cfg, resolve=True))
+    values = OmegaConf.to_container(cfg, resolve=True)
+    problems = environment_problems(values) if check_environment else []
     if problems:
         raise ConfigError("\n".join(f"{config_ref}: {problem}" for problem in problems))
     return recipe, cfg, path

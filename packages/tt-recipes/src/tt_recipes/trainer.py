@@ -39,6 +39,7 @@ from tt_recipes import checkpointing, console, interrupts, profiling, training
 from tt_recipes.config import (
     COMPONENT_KEY,
     DEVICE_KEY,
+    LOG_LEVEL_KEY,
     TRAINING_DTYPES,
     ConfigKey,
     instantiate,
@@ -92,6 +93,7 @@ TRAINING_KEYS: dict[str, ConfigKey] = {
         str, default="fp32", choices=TRAINING_DTYPES, doc="fp32 | bf16 (fp16 needs loss scaling)"
     ),
     "device": DEVICE_KEY,
+    "log_level": LOG_LEVEL_KEY,
     "compile": ConfigKey(bool, default=False, doc="torch.compile each transformer block"),
     "enable_activation_checkpointing": ConfigKey(bool, default=False),
     "save_every_n_steps": ConfigKey(int | None, default=None, min=1, doc="also saved at the end"),
@@ -263,7 +265,7 @@ class Run:
 def distributed(cfg: DictConfig) -> Iterator[tt_dist.DistInfo]:
     """Logging, the process group (under torchrun) and the device for the whole recipe;
     Ctrl-C and SIGTERM stop it cleanly (see ``tt_recipes.interrupts``)."""
-    console.setup_logging()
+    console.setup_logging(cfg.log_level)
     with interrupts.stop_on_signals():
         dist = tt_dist.init_distributed(device=cfg.device)
         try:

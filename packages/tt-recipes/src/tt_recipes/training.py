@@ -318,7 +318,9 @@ def enable_activation_checkpointing(model: torch.nn.Module) -> None:
     from tt_dist import apply_activation_checkpointing
     from tt_models import TransformerSelfAttentionLayer
 
-    apply_activation_checkpointing(model, lambda m: isinstance(m, TransformerSelfAttentionLayer))
+    apply_activation_checkpointing(
+        model, lambda _name, module: isinstance(module, TransformerSelfAttentionLayer)
+    )
 
 
 def compile_blocks(model: torch.nn.Module) -> None:

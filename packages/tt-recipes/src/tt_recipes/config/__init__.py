@@ -13,13 +13,21 @@ from tt_recipes.config._components import (
 )
 from tt_recipes.config._errors import ConfigError
 from tt_recipes.config._load import apply_overrides, load_yaml
-from tt_recipes.config._spec import DEVICE_KEY, DTYPES, TRAINING_DTYPES, ConfigKey, RecipeSpec
+from tt_recipes.config._spec import (
+    DEVICE_KEY,
+    DTYPES,
+    LOG_LEVEL_KEY,
+    TRAINING_DTYPES,
+    ConfigKey,
+    RecipeSpec,
+)
 from tt_recipes.config._validate import prepare_config, validate_config
 
 __all__ = [
     "COMPONENT_KEY",
     "DEVICE_KEY",
     "DTYPES",
+    "LOG_LEVEL_KEY",
     "TRAINING_DTYPES",
     "ConfigError",
     "ConfigKey",

@@ -164,6 +164,10 @@ class RecipeSpec:
 # Values every recipe accepts for ``dtype`` and ``device``.
 DTYPES = ("fp32", "bf16", "fp16", "float32", "bfloat16", "float16")
 TRAINING_DTYPES = ("fp32", "bf16", "float32", "bfloat16")  # fp16 training needs loss scaling
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_LEVEL_KEY = ConfigKey(
+    str, default="INFO", choices=LOG_LEVELS, doc="tt's log lines at this level and above"
+)
 DEVICE_KEY = ConfigKey(
     str,
     default="auto",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,10 @@ from tt_recipes.config._components import COMPONENT_KEY, is_component, resolve_c
 from tt_recipes.config._errors import ConfigError, did_you_mean
 from tt_recipes.config._load import apply_overrides, load_yaml
 from tt_recipes.config._spec import ConfigKey, RecipeSpec
+from tt_recipes.config._torchtune import from_torchtune, is_torchtune_config
 from tt_recipes.config._types import matches, type_name
+
+log = logging.getLogger("tt")
 
 _KEYWORD_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 _RUNTIME = object()  # stands in for the positional objects the recipe passes at run time
@@ -39,6 +43,10 @@ def prepare_config(
     checks keys, types and values without importing any ``_component_`` (fast: no torch).
     """
     cfg = apply_overrides(load_yaml(path), overrides, spec)
+    if is_torchtune_config(cfg):
+        cfg, notes = from_torchtune(cfg, spec.keys, source or str(path))
+        if resolve_components:  # the final check of a run (the first, fast one stays quiet)
+            log.info(f"Read {source or path} as a torchtune config: " + "; ".join(notes))
     return validate_config(cfg, spec, source or str(path), resolve_components=resolve_components)
 
 

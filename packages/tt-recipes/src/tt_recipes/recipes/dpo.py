@@ -36,12 +36,14 @@ SPEC = RecipeSpec(
     keys={
         **trainer.TRAINING_KEYS,
         "peft": adapters.OPTIONAL_PEFT,
+        "save_adapter_weights_only": adapters.SAVE_ADAPTER_ONLY,
         "loss": ConfigKey(
             component=True,
             required=True,
             doc="tt_recipes.losses.DPOLoss (beta, label_smoothing)",
         ),
     },
+    checks=(adapters.check_save_adapter_only,),
 )
 
 

@@ -19,7 +19,7 @@ import tt_dist
 from omegaconf import DictConfig
 
 from tt_recipes import console, training
-from tt_recipes.config import DEVICE_KEY, DTYPES, ConfigKey, RecipeSpec, instantiate
+from tt_recipes.config import DEVICE_KEY, DTYPES, LOG_LEVEL_KEY, ConfigKey, RecipeSpec, instantiate
 from tt_recipes.config._errors import did_you_mean
 from tt_recipes.pretrained import from_pretrained
 
@@ -53,12 +53,13 @@ SPEC = RecipeSpec(
         "output_path": ConfigKey(str | None, default=None, doc="write the results JSON here"),
         "dtype": ConfigKey(str, default="fp32", choices=DTYPES),
         "device": DEVICE_KEY,
+        "log_level": LOG_LEVEL_KEY,
     },
 )
 
 
 def recipe_main(cfg: DictConfig) -> None:
-    console.setup_logging()
+    console.setup_logging(cfg.log_level)
     import lm_eval.evaluator
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager

@@ -17,7 +17,7 @@ from tt_data import Message
 from tt_models import generate_stream
 
 from tt_recipes import console, training
-from tt_recipes.config import DEVICE_KEY, DTYPES, ConfigKey, RecipeSpec, instantiate
+from tt_recipes.config import DEVICE_KEY, DTYPES, LOG_LEVEL_KEY, ConfigKey, RecipeSpec, instantiate
 from tt_recipes.pretrained import from_pretrained
 
 log = logging.getLogger("tt")
@@ -41,12 +41,13 @@ SPEC = RecipeSpec(
         "seed": ConfigKey(int | None, default=0),
         "dtype": ConfigKey(str, default="fp32", choices=DTYPES),
         "device": DEVICE_KEY,
+        "log_level": LOG_LEVEL_KEY,
     },
 )
 
 
 def recipe_main(cfg: DictConfig) -> None:
-    console.setup_logging()
+    console.setup_logging(cfg.log_level)
     device = tt_dist.get_device(cfg.device)
     model = from_pretrained(
         training.resolve_checkpoint_dir(cfg.checkpoint_dir), dtype=cfg.dtype, device=device

@@ -91,6 +91,7 @@ SPEC = RecipeSpec(
             doc="micro-batches each optimizer step on a rollout is split into",
         ),
         "peft": adapters.OPTIONAL_PEFT,
+        "save_adapter_weights_only": adapters.SAVE_ADAPTER_ONLY,
         "loss": ConfigKey(
             component=True,
             required=True,
@@ -123,7 +124,7 @@ SPEC = RecipeSpec(
         "log_samples_every_n_steps": ConfigKey(int | None, default=None, min=1),
         "num_samples_to_log": ConfigKey(int, default=4, min=1),
     },
-    checks=(_check_rl_keys,),
+    checks=(_check_rl_keys, adapters.check_save_adapter_only),
 )
 
 

@@ -36,12 +36,14 @@ SPEC = RecipeSpec(
             doc="the frozen model whose distributions the student learns",
         ),
         "peft": adapters.OPTIONAL_PEFT,
+        "save_adapter_weights_only": adapters.SAVE_ADAPTER_ONLY,
         "loss": ConfigKey(
             component=True,
             required=True,
             doc="tt_recipes.losses.KDLoss (kd_ratio, temperature, num_chunks)",
         ),
     },
+    checks=(adapters.check_save_adapter_only,),
 )
 
 

@@ -19,7 +19,11 @@ from tt_recipes.config import RecipeSpec
 SPEC = RecipeSpec(
     name="lora_finetune",
     description="LoRA/DoRA/QLoRA/QDoRA fine-tuning; saves a merged HF model and a PEFT adapter.",
-    keys={**trainer.TRAINING_KEYS, "peft": adapters.REQUIRED_PEFT},
+    keys={
+        **trainer.TRAINING_KEYS,
+        "peft": adapters.REQUIRED_PEFT,
+        "save_adapter_weights_only": adapters.SAVE_ADAPTER_ONLY,
+    },
 )
 
 

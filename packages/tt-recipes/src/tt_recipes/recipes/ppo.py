@@ -86,6 +86,7 @@ SPEC = RecipeSpec(
             int, default=1, min=1, doc="micro-batches per minibatch"
         ),
         "peft": adapters.OPTIONAL_PEFT,
+        "save_adapter_weights_only": adapters.SAVE_ADAPTER_ONLY,
         "reward_model": _model_dir(
             "a reward model (tt run reward_model writes one); null: reward_functions", False
         ),
@@ -125,7 +126,7 @@ SPEC = RecipeSpec(
         "log_samples_every_n_steps": ConfigKey(int | None, default=None, min=1),
         "num_samples_to_log": ConfigKey(int, default=4, min=1),
     },
-    checks=(_check_reward_source,),
+    checks=(_check_reward_source, adapters.check_save_adapter_only),
 )
 
 

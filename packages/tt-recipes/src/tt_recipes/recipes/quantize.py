@@ -16,7 +16,7 @@ import tt_dist
 from omegaconf import DictConfig, OmegaConf
 
 from tt_recipes import console, training
-from tt_recipes.config import DEVICE_KEY, DTYPES, ConfigKey, RecipeSpec
+from tt_recipes.config import DEVICE_KEY, DTYPES, LOG_LEVEL_KEY, ConfigKey, RecipeSpec
 from tt_recipes.pretrained import from_pretrained
 from tt_recipes.quantization import model_bytes, quantize, restorable_config, save_quantized
 
@@ -37,12 +37,13 @@ SPEC = RecipeSpec(
             str, default="fp32", choices=DTYPES, doc="of the layers that stay unquantized"
         ),
         "device": DEVICE_KEY,
+        "log_level": LOG_LEVEL_KEY,
     },
 )
 
 
 def recipe_main(cfg: DictConfig) -> None:
-    console.setup_logging()
+    console.setup_logging(cfg.log_level)
     quantizer = OmegaConf.to_container(cfg.quantizer, resolve=True)
     scheme = restorable_config(quantizer)  # a wrong scheme fails before the model loads
     source = training.resolve_checkpoint_dir(cfg.checkpoint_dir)
