@@ -74,6 +74,28 @@ def test_lora_finetune_from_the_full_run_saves_merged_model_and_peft_adapter(
     )
 
 
+def test_save_adapter_weights_only_writes_the_adapter_without_the_merged_model(
+    tiny_full_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "lora"
+    overrides = [f"output_dir={out}", f"checkpointer.checkpoint_dir={tiny_full_run}",
+                 "dataset.n=64", "max_steps_per_epoch=2", *FAST_LORA]  # fmt: skip
+    run_recipe("lora_finetune", "tiny/lora", [*overrides, "save_adapter_weights_only=true"])
+    (step_dir,) = complete_step_dirs(out)
+    assert (step_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert (step_dir / "adapter" / "adapter_config.json").is_file()
+    assert not list(step_dir.glob("model*.safetensors"))  # no merged weights
+    assert (step_dir / "training_state").is_dir()  # still resumable
+
+
+def test_log_level_warning_keeps_progress_lines_out(tiny_full_run: Path, capsys) -> None:
+    run_recipe("generate", "tiny/generate",
+               [f"checkpoint_dir={tiny_full_run}", "max_new_tokens=2", "log_level=WARNING"])  # fmt: skip
+    assert "Prompt (" not in capsys.readouterr().out
+    run_recipe("generate", "tiny/generate", [f"checkpoint_dir={tiny_full_run}", "max_new_tokens=2"])
+    assert "Prompt (" in capsys.readouterr().out
+
+
 def test_generate_streams_an_answer(tiny_full_run: Path, capsys: pytest.CaptureFixture) -> None:
     run_recipe("generate", "tiny/generate", [f"checkpoint_dir={tiny_full_run}", "max_new_tokens=4"])
     out = capsys.readouterr().out
@@ -234,6 +256,12 @@ def test_profiler_writes_a_chrome_trace_and_an_operator_table(tmp_path: Path) ->
     assert "ProfilerStep#1" not in names
     table = (profile / "ops_step4.txt").read_text()
     assert "Self CPU" in table and "aten::mm" in table
+
+
+def test_a_profiler_that_records_nothing_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="profiler.cpu is false and the run is on cpu"):
+        run_recipe("full_finetune", "tiny/full", [f"output_dir={tmp_path}", *FAST_FULL,
+                   "profiler.enabled=true", "profiler.cpu=false"])  # fmt: skip
 
 
 def test_adamw_defaults_to_the_fused_kernel_with_the_same_updates(tmp_path: Path) -> None:

@@ -1,0 +1,245 @@
+"""torchtune configs read as tt's: every entry of the translation tables, and the errors for
+what tt does not have. (tests/torchtune runs torchtune's own shipped files.)"""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+from tt_recipes.config import ConfigError, apply_overrides, resolve_component
+from tt_recipes.config._torchtune import (
+    COMPONENTS,
+    QUANTIZER_COMPONENT,
+    QUANTIZERS,
+    TOKENIZER_COMPONENT,
+    TOKENIZERS,
+    from_torchtune,
+    is_torchtune_config,
+)
+from tt_recipes.registry import load_recipe
+
+TRAINING = load_recipe("lora_finetune").spec.keys
+GENERATE = load_recipe("generate").spec.keys
+CHECKPOINTER = {
+    "_component_": "torchtune.training.FullModelHFCheckpointer",
+    "checkpoint_dir": "/m",
+    "checkpoint_files": ["model.safetensors"],
+    "recipe_checkpoint": None,
+    "output_dir": "${output_dir}",
+    "model_type": "LLAMA3_2",
+}
+
+
+def translate(keys=TRAINING, **values):
+    cfg, notes = from_torchtune(OmegaConf.create(values), keys, "tt.yaml")
+    return OmegaConf.to_container(cfg, resolve=False), notes
+
+
+def problems(keys=TRAINING, **values) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        translate(keys, **values)
+    return str(e.value).splitlines()
+
+
+def test_a_config_is_torchtunes_when_a_component_names_torchtune():
+    assert is_torchtune_config(OmegaConf.create({"loss": {"_component_": "torchtune.x.Y"}}))
+    assert is_torchtune_config(OmegaConf.create({"a": [{"b": {"_component_": "torchtune.z"}}]}))
+    assert not is_torchtune_config(OmegaConf.create({"loss": {"_component_": "tt_recipes.x"}}))
+
+
+@pytest.mark.parametrize("torchtune_path", sorted(COMPONENTS))
+def test_every_component_alias_names_an_importable_tt_component(torchtune_path):
+    target, renames = COMPONENTS[torchtune_path]
+    node = {"_component_": torchtune_path, **{old: 3 for old in renames}}
+    out, notes = translate(dataset=node)
+    assert out["dataset"] == {"_component_": target, **{new: 3 for new in renames.values()}}
+    assert f"dataset: {torchtune_path} -> {target}" in notes
+    assert callable(resolve_component(target))
+
+
+@pytest.mark.parametrize("torchtune_path", sorted(TOKENIZERS))
+def test_every_tokenizer_reads_its_file_or_directory(torchtune_path):
+    file_arg = TOKENIZERS[torchtune_path]
+    hf = file_arg != "path" or "qwen" in torchtune_path
+    file = "/m/vocab.json" if hf else "/m/original/tokenizer.model"
+    node = {"_component_": torchtune_path, file_arg: file, "max_seq_len": 512}
+    if hf:
+        node["merges_path" if file_arg == "vocab_path" else "merges_file"] = "/m/merges.txt"
+    out, _ = translate(tokenizer=node)
+    expected = "/m" if hf else file  # a vocab.json + merges.txt pair: the directory's tokenizer
+    assert out["tokenizer"] == {"_component_": TOKENIZER_COMPONENT, "path": expected,
+                                "max_seq_len": 512}  # fmt: skip
+    assert callable(resolve_component(TOKENIZER_COMPONENT))
+
+
+def test_a_prompt_template_is_refused_with_the_reason():
+    node = {"_component_": "torchtune.models.llama3.llama3_tokenizer", "path": "/t",
+            "prompt_template": "torchtune.data.AlpacaInstructTemplate"}  # fmt: skip
+    assert problems(tokenizer=node) == [
+        "tt.yaml: key 'tokenizer.prompt_template': tt formats turns with the model's own chat "
+        "template; set it to null (a custom template is not supported yet)"
+    ]
+
+
+def test_a_lora_builder_becomes_the_peft_section_in_tt_module_names():
+    model = {"_component_": "torchtune.models.llama3_2.lora_llama3_2_1b",
+             "lora_attn_modules": ["q_proj", "v_proj", "output_proj"], "apply_lora_to_mlp": True,
+             "apply_lora_to_output": True, "lora_rank": 64, "lora_alpha": 128,
+             "lora_dropout": 0.05, "use_dora": True}  # fmt: skip
+    out, notes = translate(model=model, checkpointer=CHECKPOINTER)
+    assert "model" not in out  # the architecture comes from the checkpoint's config.json
+    assert out["peft"] == {
+        "rank": 64, "alpha": 128, "dropout": 0.05, "use_dora": True,
+        "target_modules": ["q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                           "output"],
+    }  # fmt: skip
+    assert any("LoRA arguments -> peft" in n for n in notes)
+
+
+def test_a_qlora_builder_quantizes_the_base_with_torchtunes_defaults():
+    out, _ = translate(model={"_component_": "torchtune.models.qwen2_5.qlora_qwen2_5_0_5b"})
+    assert out["peft"] == {"rank": 8, "alpha": 16.0, "dropout": 0.0, "quantize_base": True,
+                           "target_modules": ["q_proj", "v_proj"]}  # fmt: skip
+
+
+def test_lora_builder_arguments_tt_has_not_are_named():
+    model = {"_component_": "torchtune.models.llama3.lora_llama3_8b",
+             "lora_attn_modules": ["q_proj", "w9"], "max_seq_len": 64}  # fmt: skip
+    assert problems(model=model) == [
+        "tt.yaml: key 'model.lora_attn_modules': 'w9' is not one of ['k_proj', 'output_proj', "
+        "'q_proj', 'v_proj']",
+        "tt.yaml: key 'model.max_seq_len': tt's LoRA has no lora_llama3_8b argument "
+        "'max_seq_len'",
+    ]
+
+
+def test_the_checkpointer_keeps_its_directories_and_expands_a_filename_format():
+    node = {**CHECKPOINTER, "checkpoint_files": {"filename_format": "model-{}-of-{}.safetensors",
+                                                 "max_filename": "00003"}}  # fmt: skip
+    out, _ = translate(checkpointer=node)
+    assert out["checkpointer"] == {
+        "checkpoint_dir": "/m",
+        "checkpoint_files": [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)],
+        "output_dir": "${output_dir}",
+    }
+
+
+def test_a_meta_checkpointer_reads_the_directory_and_a_reader_recipe_takes_checkpoint_dir():
+    node = {**CHECKPOINTER, "_component_": "torchtune.training.FullModelMetaCheckpointer",
+            "checkpoint_files": ["consolidated.00.pth"]}  # fmt: skip
+    out, _ = translate(checkpointer=node)
+    assert out["checkpointer"]["checkpoint_files"] is None
+    out, notes = translate(GENERATE, checkpointer=CHECKPOINTER, output_dir="./", seed=1234)
+    assert out == {"checkpoint_dir": "/m", "seed": 1234}  # generate reads no output_dir
+    assert "output_dir: unused by this recipe (by torchtune's too)" in notes
+
+
+def test_checkpointer_fields_with_no_tt_meaning_are_errors():
+    node = {**CHECKPOINTER, "recipe_checkpoint": "recipe_state.pt", "adapter_checkpoint": "a.pt",
+            "safe_serialization": False, "shard_size": 3}  # fmt: skip
+    assert [line.split(":")[1] for line in problems(checkpointer=node)] == [
+        " key 'checkpointer.recipe_checkpoint'",
+        " key 'checkpointer.adapter_checkpoint'",
+        " key 'checkpointer.safe_serialization'",
+        " key 'checkpointer.shard_size'",
+    ]
+
+
+def test_distillation_losses_become_one_kd_loss_and_the_teacher_checkpointer_the_teacher():
+    values = {
+        "loss": {"_component_": "torchtune.modules.loss.CEWithChunkedOutputLoss"},
+        "kd_loss": {"_component_": "torchtune.modules.loss.ForwardKLWithChunkedOutputLoss"},
+        "kd_ratio": 0.25,
+        "teacher_model": {"_component_": "torchtune.models.llama3_1.llama3_1_8b"},
+        "teacher_checkpointer": {**CHECKPOINTER, "checkpoint_dir": "/teacher"},
+    }
+    out, _ = translate(**values)
+    assert out == {
+        "loss": {"_component_": "tt_recipes.losses.KDLoss", "kd_ratio": 0.25, "num_chunks": 8},
+        "teacher": {"checkpoint_dir": "/teacher"},
+    }
+
+
+def test_a_dpo_reference_checkpointer_must_be_the_starting_model():
+    out, _ = translate(checkpointer=CHECKPOINTER, ref_checkpointer={**CHECKPOINTER,
+                       "checkpoint_dir": "/m/"})  # fmt: skip
+    assert "ref_checkpointer" not in out
+    assert problems(checkpointer=CHECKPOINTER, ref_checkpointer={**CHECKPOINTER,
+                    "checkpoint_dir": "/other"})[0].startswith(  # fmt: skip
+        "tt.yaml: key 'ref_checkpointer.checkpoint_dir': tt's reference model is the model "
+        "training starts from ('/m'), not '/other'"
+    )
+
+
+@pytest.mark.parametrize("torchtune_path", sorted(QUANTIZERS))
+def test_quantizers_become_tts_torchao_scheme(torchtune_path):
+    out, _ = translate(quantizer={"_component_": torchtune_path, "groupsize": 128})
+    assert out["quantizer"] == {"_component_": QUANTIZER_COMPONENT, **QUANTIZERS[torchtune_path],
+                                "group_size": 128}  # fmt: skip
+    resolve_component(QUANTIZER_COMPONENT)(**{k: v for k, v in out["quantizer"].items()
+                                              if k != "_component_"})  # fmt: skip
+
+
+def test_the_profiler_maps_key_for_key_and_unknown_keys_are_named():
+    node = {"_component_": "torchtune.training.setup_torch_profiler", "enabled": True,
+            "cpu": True, "cuda": False, "wait_steps": 5, "active_steps": 2}  # fmt: skip
+    out, _ = translate(profiler=node)
+    assert out["profiler"] == {"enabled": True, "cpu": True, "cuda": False, "wait_steps": 5,
+                               "active_steps": 2}  # fmt: skip
+    assert problems(profiler={**node, "xpu": True}) == [
+        "tt.yaml: key 'profiler.xpu': tt's profiler has no 'xpu'"
+    ]
+
+
+def test_a_system_and_user_prompt_becomes_chat_messages():
+    out, _ = translate(GENERATE, prompt={"system": None, "user": {"text": "Tell a joke."}},
+                       loss={"_component_": "torchtune.rlhf.loss.DPOLoss"})  # fmt: skip
+    assert out["prompt"] == [{"role": "user", "content": "Tell a joke."}]
+    out, _ = translate(GENERATE, prompt={"system": "Be brief.", "user": "Hi"},
+                       loss={"_component_": "torchtune.rlhf.loss.DPOLoss"})  # fmt: skip
+    assert out["prompt"] == [{"role": "system", "content": "Be brief."},
+                             {"role": "user", "content": "Hi"}]  # fmt: skip
+
+
+def test_keys_that_restate_tt_are_accepted_only_at_that_value():
+    marker = {"loss": {"_component_": "torchtune.rlhf.loss.DPOLoss"}}
+    out, _ = translate(**marker, enable_kv_cache=True, low_cpu_ram=False, tensor_parallel_dim=1)
+    assert set(out) == {"loss"}
+    assert problems(**marker, enable_kv_cache=False) == [
+        "tt.yaml: key 'enable_kv_cache': tt supports only enable_kv_cache: True (got False)"
+    ]
+    assert problems(**marker, tensor_parallel_dim=2)[0].startswith(
+        "tt.yaml: key 'tensor_parallel_dim': tt supports only tensor_parallel_dim: 1"
+    )
+
+
+def test_other_top_level_keys():
+    marker = {"loss": {"_component_": "torchtune.rlhf.loss.DPOLoss"}}
+    out, notes = translate(**marker, seed=None, fsdp={"cpu_offload": True})
+    assert isinstance(out["seed"], int) and any("drawn" in n for n in notes)
+    assert out["fsdp_cpu_offload"] is True and "fsdp" not in out
+    assert problems(**marker, ac_mode="selective", collate_fn="x") == [
+        "tt.yaml: key 'ac_mode': tt has no selective activation checkpointing; use "
+        "enable_activation_checkpointing: true (every block)",
+        "tt.yaml: key 'collate_fn': each tt recipe picks the collator its data needs; remove "
+        "the key",
+    ]
+
+
+def test_an_unknown_torchtune_component_and_vision_models_are_named():
+    assert problems(lr_scheduler={"_component_": "torchtune.training.lr_schedulers.new_one"}) == [
+        "tt.yaml: key 'lr_scheduler': tt has no equivalent of "
+        "torchtune.training.lr_schedulers.new_one yet"
+    ]
+    assert problems(model={"_component_": "torchtune.models.llama3_2_vision.llama3_2_vision_11b"},
+                    collate_fn="torchtune.data.padded_collate_tiled_images_and_mask") == [
+        "tt.yaml: tt has no Llama 3.2 Vision model yet "
+        "(torchtune.models.llama3_2_vision.llama3_2_vision_11b)"
+    ]  # fmt: skip
+
+
+def test_overrides_use_the_torchtune_key_names_and_apply_before_the_translation():
+    cfg = OmegaConf.create({"model": {"_component_": "torchtune.models.llama3_2.lora_llama3_2_1b",
+                                      "lora_rank": 64}})  # fmt: skip
+    cfg = apply_overrides(cfg, ["model.lora_rank=4"])
+    out, _ = from_torchtune(cfg, TRAINING, "tt.yaml")
+    assert out.peft.rank == 4
