@@ -61,3 +61,20 @@ def test_a_torchtune_recipe_tt_lacks_is_named_without_a_misleading_suggestion(re
     assert code == 2
     assert f"tt has no recipe '{recipe}' yet" in output
     assert "did you mean" not in output
+
+
+def test_torchtune_config_names_resolve_to_the_tt_config_of_the_same_recipe(torchtune_configs):
+    """`tt cp/validate/run --config llama3_2/1B_lora_single_device` (a name from torchtune's
+    docs) finds tt's config for the same model, method and recipe."""
+    from tt_recipes import registry
+
+    recipes = {c.name: c.recipe for c in torchtune_configs}
+    for torchtune_name, tt_name in registry.TORCHTUNE_CONFIGS.items():
+        assert torchtune_name in recipes, f"{torchtune_name} is not a torchtune 0.6.1 config"
+        tt_recipe = registry.TORCHTUNE_ALIASES[recipes[torchtune_name]]
+        assert registry.resolve_config(torchtune_name) == (
+            registry.bundled_config_path(tt_name),
+            tt_recipe,
+        )
+    # torchtune names that are tt's names too need no entry
+    assert "llama3_2/1B_lora" in recipes and "llama3_2/1B_lora" in registry.CONFIGS

@@ -54,6 +54,7 @@ def toy_registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setattr(registry, "RECIPES", {"toy": "toy_recipe"})
     monkeypatch.setattr(registry, "TORCHTUNE_ALIASES", {"toy_distributed": "toy"})
     monkeypatch.setattr(registry, "CONFIGS", {"tiny/toy": "toy"})
+    monkeypatch.setattr(registry, "TORCHTUNE_CONFIGS", {"tiny/toy_single_device": "tiny/toy"})
     monkeypatch.setattr(registry, "CONFIG_DIR", config_dir)
     return config_dir
 

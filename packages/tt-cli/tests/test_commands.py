@@ -15,8 +15,8 @@ from tt_recipes import registry
 def test_ls_lists_recipes_configs_and_aliases(toy_registry, capsys):
     assert main(["ls"]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "RECIPE  CONFIG    ALIASES",
-        "toy     tiny/toy  toy_distributed",
+        "RECIPE  CONFIG                                        ALIASES",
+        "toy     tiny/toy (torchtune: tiny/toy_single_device)  toy_distributed",
     ]
 
 
@@ -49,8 +49,19 @@ def test_cp_into_a_directory_and_unknown_name(toy_registry, tmp_path, capsys):
     assert main(["cp", "tiny/tyo", str(tmp_path)]) == 2
     assert capsys.readouterr().err == (
         "tt: error: 'tiny/tyo' is not a bundled config (did you mean 'tiny/toy'?); "
-        "bundled configs: tiny/toy (`tt ls` lists them)\n"
+        "bundled configs: tiny/toy (`tt ls` lists them); a torchtune YAML file runs in tt as "
+        "it is (--config path/to/file.yaml)\n"
     )
+
+
+def test_cp_and_validate_take_torchtunes_config_name(toy_registry, tmp_path, capsys):
+    assert main(["cp", "tiny/toy_single_device", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == (
+        f"copied tiny/toy (torchtune's tiny/toy_single_device) to {tmp_path / 'toy.yaml'}\n"
+    )
+    assert (tmp_path / "toy.yaml").read_text() == (toy_registry / "tiny" / "toy.yaml").read_text()
+    assert main(["validate", "tiny/toy_single_device"]) == 0
+    assert "valid config for recipe 'toy'" in capsys.readouterr().out
 
 
 def test_cat_prints_the_config(toy_registry, capsys):

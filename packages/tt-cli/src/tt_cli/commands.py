@@ -33,10 +33,16 @@ def cmd_ls(args: argparse.Namespace) -> int:
         spec = registry.load_recipe(name).spec
         configs = sorted(c for c, r in registry.CONFIGS.items() if r == name) or ["-"]
         aliases = ", ".join([*spec.aliases, *registry.aliases_of(name)]) or "-"
-        rows.append([name, configs[0], aliases])
-        rows.extend(["", config, ""] for config in configs[1:])
+        shown = [_with_torchtune_names(config) for config in configs]
+        rows.append([name, shown[0], aliases])
+        rows.extend(["", config, ""] for config in shown[1:])
     print(_table(rows) if len(rows) > 1 else "no recipes installed")
     return 0
+
+
+def _with_torchtune_names(config: str) -> str:
+    names = registry.torchtune_names_of(config)
+    return f"{config} (torchtune: {', '.join(names)})" if names else config
 
 
 def _key_rows(spec: RecipeSpec) -> list[list[str]]:
@@ -55,12 +61,13 @@ def _key_rows(spec: RecipeSpec) -> list[list[str]]:
 
 
 def _bundled(name: str) -> Path:
-    if name not in registry.CONFIGS:
+    if name not in registry.CONFIGS and name not in registry.TORCHTUNE_CONFIGS:
         raise ConfigError(
             f"{name!r} is not a bundled config{did_you_mean(name, registry.CONFIGS)}; bundled "
-            f"configs: {', '.join(sorted(registry.CONFIGS)) or 'none yet'} (`tt ls` lists them)"
+            f"configs: {', '.join(sorted(registry.CONFIGS)) or 'none yet'} (`tt ls` lists them); "
+            "a torchtune YAML file runs in tt as it is (--config path/to/file.yaml)"
         )
-    return registry.bundled_config_path(name)
+    return registry.bundled_config_path(registry.TORCHTUNE_CONFIGS.get(name, name))
 
 
 def cmd_cp(args: argparse.Namespace) -> int:
@@ -73,7 +80,9 @@ def cmd_cp(args: argparse.Namespace) -> int:
         raise ConfigError(f"'{dest}' already exists; pass -f to overwrite it")
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, dest)
-    print(f"copied {args.config} to {dest}")
+    tt_name = registry.TORCHTUNE_CONFIGS.get(args.config)
+    what = f"{tt_name} (torchtune's {args.config})" if tt_name else args.config
+    print(f"copied {what} to {dest}")
     return 0
 
 

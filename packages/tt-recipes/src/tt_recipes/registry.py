@@ -110,6 +110,22 @@ CONFIGS: dict[str, str] = {
     "smollm2/135M_lora": "lora_finetune",
 }
 
+# torchtune 0.6.1's config names whose tt config (same model, method and data) is bundled
+# under another name; a torchtune name equal to a tt name needs no entry. tt's recipes run on
+# one device or many, so torchtune's _single_device and distributed configs are one tt config.
+TORCHTUNE_CONFIGS: dict[str, str] = {
+    "llama3_2/1B_full_single_device": "llama3_2/1B_full",
+    "qwen2_5/0.5B_full_single_device": "qwen2_5/0.5B_full",
+    "llama3_1/8B_lora_single_device": "llama3_1/8B_lora",
+    "llama3_2/1B_lora_single_device": "llama3_2/1B_lora",
+    "llama3_2/1B_qlora_single_device": "llama3_2/1B_qlora",
+    "mistral/7B_lora_single_device": "mistral/7B_lora",
+    "gemma/2B_lora_single_device": "gemma/2B_lora",
+    "gemma2/2B_lora_single_device": "gemma2/2B_lora",
+    "phi3/mini_lora_single_device": "phi3/mini_lora",
+    "qwen2_5/0.5B_lora_single_device": "qwen2_5/0.5B_lora",
+}
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 # The built-in recipes' specs as data, so a config can be checked (unknown keys, types, value
 # ranges) before any recipe module, and so torch, is imported: a typo answers at once.
@@ -289,8 +305,9 @@ def config_files() -> list[str]:
 
 def resolve_config(name_or_path: str) -> tuple[Path, str | None]:
     """Find a config: a bundled name gives its file and recipe; a path gives (path, None)."""
-    if name_or_path in CONFIGS:
-        return bundled_config_path(name_or_path), CONFIGS[name_or_path]
+    name = TORCHTUNE_CONFIGS.get(name_or_path, name_or_path)
+    if name in CONFIGS:
+        return bundled_config_path(name), CONFIGS[name]
     path = Path(name_or_path)
     if path.is_file():
         return path, None
@@ -299,8 +316,14 @@ def resolve_config(name_or_path: str) -> tuple[Path, str | None]:
     raise ConfigError(
         f"{name_or_path!r} is neither a bundled config nor a file"
         f"{did_you_mean(name_or_path, CONFIGS)}; bundled configs: "
-        f"{', '.join(sorted(CONFIGS)) or 'none yet'} (`tt ls` lists them)"
+        f"{', '.join(sorted(CONFIGS)) or 'none yet'} (`tt ls` lists them); a torchtune YAML "
+        "file runs as it is: --config path/to/file.yaml"
     )
+
+
+def torchtune_names_of(config: str) -> list[str]:
+    """torchtune's names for bundled config ``config``."""
+    return [name for name, target in TORCHTUNE_CONFIGS.items() if target == config]
 
 
 if __name__ == "__main__":

@@ -107,8 +107,7 @@ def test_lora_builder_arguments_tt_has_not_are_named():
     assert problems(model=model) == [
         "tt.yaml: key 'model.lora_attn_modules': 'w9' is not one of ['k_proj', 'output_proj', "
         "'q_proj', 'v_proj']",
-        "tt.yaml: key 'model.max_seq_len': tt's LoRA has no lora_llama3_8b argument "
-        "'max_seq_len'",
+        "tt.yaml: key 'model.max_seq_len': tt's LoRA has no lora_llama3_8b argument 'max_seq_len'",
     ]
 
 
@@ -163,8 +162,9 @@ def test_a_dpo_reference_checkpointer_must_be_the_starting_model():
     out, _ = translate(checkpointer=CHECKPOINTER, ref_checkpointer={**CHECKPOINTER,
                        "checkpoint_dir": "/m/"})  # fmt: skip
     assert "ref_checkpointer" not in out
-    assert problems(checkpointer=CHECKPOINTER, ref_checkpointer={**CHECKPOINTER,
-                    "checkpoint_dir": "/other"})[0].startswith(  # fmt: skip
+    assert problems(
+        checkpointer=CHECKPOINTER, ref_checkpointer={**CHECKPOINTER, "checkpoint_dir": "/other"}
+    )[0].startswith(  # fmt: skip
         "tt.yaml: key 'ref_checkpointer.checkpoint_dir': tt's reference model is the model "
         "training starts from ('/m'), not '/other'"
     )
