@@ -107,7 +107,34 @@ def integration(session: nox.Session) -> None:
     # dependencies: tt never imports torchtune (its own torchao pin is older than tt's), the
     # tests read the YAML files and its recipe registry file.
     session.install("--no-deps", TORCHTUNE_CONFIGS)
-    session.run("pytest", "tests", *session.posargs, env=REPRODUCIBLE_KERNELS)
+    session.run(
+        "pytest",
+        "tests",
+        "--ignore=tests/torchtune_reference",
+        *session.posargs,
+        env=REPRODUCIBLE_KERNELS,
+    )
+
+
+# torchtune 0.6.1 importable, to compare its data pipeline with tt's token for token. It needs
+# the torchao of its time (0.10), older than the one tt locks, so the tt packages that depend
+# on torchao come in without their dependencies (the tests use tt_data and the config system).
+TORCHTUNE_REFERENCE = ["torchtune==0.6.1", "torchao==0.10.0", "torchdata==0.11.0"]
+
+
+@nox.session(name="torchtune-reference", python="3.11")
+def torchtune_reference(session: nox.Session) -> None:
+    """tt's tokens and labels against torchtune 0.6.1's for the same rows and config."""
+    constraints = Path(_constraints(session))
+    lines = constraints.read_text().splitlines(keepends=True)
+    pinned_here = ("torchao==", "torchdata==")
+    constraints.write_text("".join(line for line in lines if not line.startswith(pinned_here)))
+    session.install("-c", str(constraints), "-e", "packages/tt-data", "pytest", "pytest-timeout",
+                    *TORCHTUNE_REFERENCE)  # fmt: skip
+    others = ["tt-models", "tt-peft", "tt-ckpt", "tt-dist", "tt-recipes"]
+    session.install("--no-deps", *[arg for pkg in others for arg in ("-e", f"packages/{pkg}")])
+    session.install("-c", str(constraints), "omegaconf", "tqdm", "safetensors")
+    session.run("pytest", "tests/torchtune_reference", *session.posargs)
 
 
 @nox.session(python="3.11")

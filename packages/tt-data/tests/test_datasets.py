@@ -128,6 +128,38 @@ def test_chat_dataset_sharegpt_and_openai_agree(tmp_path, llama3_tokenizer):
                              data_files=write_jsonl(tmp_path / "b.jsonl", [bad]))[0]  # fmt: skip
 
 
+def test_a_configured_system_prompt_replaces_the_rows_and_is_never_trained(
+    tmp_path, llama3_tokenizer
+):
+    """system_prompt is context: the same words in every row, not trained even when every
+    other turn is (torchtune's new_system_prompt behaves the same)."""
+    tok = llama3_tokenizer
+    row = {"conversations": [{"from": "system", "value": "Old."}, {"from": "human", "value": "Hi"},
+                             {"from": "gpt", "value": "Hello"}]}  # fmt: skip
+    ds = tt_data.chat_dataset(tok, source="json", conversation_style="sharegpt",
+                              masking_strategy="train_on_all", system_prompt="New.",
+                              data_files=write_jsonl(tmp_path / "s.jsonl", [row]))  # fmt: skip
+    text = tok.decode(ds[0]["tokens"])
+    assert "New." in text and "Old." not in text
+    trained = trained_text(tok, ds[0])
+    assert "Hi" in trained and "Hello" in trained and "New." not in trained
+    files = write_jsonl(tmp_path / "d.jsonl", [{"input": "1 + 2?", "output": "3"}])
+    instruct = tt_data.instruct_dataset(tok, source="json", data_files=files,
+                                        train_on_input=True, system_prompt="Add.")  # fmt: skip
+    assert "Add." not in trained_text(tok, instruct[0]) and "1 + 2?" in trained_text(
+        tok, instruct[0]
+    )
+
+
+def test_text_completion_without_eos_leaves_the_text_open(tmp_path, llama3_tokenizer):
+    files = write_jsonl(tmp_path / "t.jsonl", [{"text": "once upon a time"}])
+    closed = tt_data.text_completion_dataset(llama3_tokenizer, source="json", data_files=files)
+    opened = tt_data.text_completion_dataset(llama3_tokenizer, source="json", data_files=files,
+                                             add_eos=False)  # fmt: skip
+    assert closed[0]["tokens"] == [*opened[0]["tokens"], llama3_tokenizer.eos_id]
+    assert opened[0]["labels"] == opened[0]["tokens"]
+
+
 def test_preference_dataset_string_and_message_list_forms(tmp_path, llama3_tokenizer):
     tok = llama3_tokenizer
     strings = {"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "5"}

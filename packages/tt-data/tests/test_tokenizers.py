@@ -195,6 +195,21 @@ def test_llama3_chat_format_matches_documented_layout(llama3_tokenizer):
     assert tok.decode(prompt).endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
 
 
+def test_llama3_append_end_of_text_ends_a_conversation_as_torchtune_does(tiktoken_file):
+    tok = Llama3Tokenizer(tiktoken_file, append_end_of_text=True)
+    plain = Llama3Tokenizer(tiktoken_file)
+    conversation = apply_masking(WITH_SYSTEM[:3], "train_on_assistant")
+    tokens, mask = tok.tokenize_messages(conversation)
+    assert (tokens, mask) == (
+        [*plain.tokenize_messages(conversation)[0], tok.eos_id],
+        [*plain.tokenize_messages(conversation)[1], True],  # masked: no loss on it
+    )
+    # a generation prompt is left open
+    assert tok.tokenize_messages(WITH_SYSTEM[:2], add_generation_prompt=True) == (
+        plain.tokenize_messages(WITH_SYSTEM[:2], add_generation_prompt=True)
+    )
+
+
 def test_tiktoken_bad_ranks_file(tmp_path):
     bad = tmp_path / "bad.tiktoken"
     bad.write_text("QQ== 0\nnot-a-pair\n")

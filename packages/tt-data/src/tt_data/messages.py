@@ -18,12 +18,14 @@ MASKING_STRATEGIES: tuple[str, ...] = ("train_on_all", "train_on_assistant", "tr
 
 @dataclass(frozen=True)
 class Message:
-    """One conversation turn; ``masked`` turns are not trained on."""
+    """One conversation turn; ``masked`` turns are not trained on. A ``context`` turn (a system
+    prompt the config adds to every row) is never trained, whatever the masking strategy."""
 
     role: str
     content: str
     masked: bool = False
     eot: bool = True
+    context: bool = False
 
     def __post_init__(self) -> None:
         if self.role not in VALID_ROLES:
@@ -66,6 +68,8 @@ def apply_masking(messages: list[Message], strategy: str) -> list[Message]:
         return i == last_assistant
 
     return [
-        Message(m.role, m.content, masked=not trained(i, m), eot=m.eot)
+        Message(
+            m.role, m.content, masked=m.context or not trained(i, m), eot=m.eot, context=m.context
+        )  # fmt: skip
         for i, m in enumerate(messages)
     ]

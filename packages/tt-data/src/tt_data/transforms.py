@@ -75,12 +75,8 @@ class InputOutputToMessages(RowTransform):
         prompt = self.field(row, "input", index)
         if self.prompt_template:
             prompt = self.prompt_template.format(input=prompt)
-        system = [Message("system", self.system_prompt)] if self.system_prompt else []
-        return [
-            *system,
-            Message("user", prompt),
-            Message("assistant", self.field(row, "output", index)),
-        ]
+        messages = [Message("user", prompt), Message("assistant", self.field(row, "output", index))]
+        return with_system_prompt(messages, self.system_prompt)
 
 
 class AlpacaToMessages(RowTransform):
@@ -98,7 +94,14 @@ class AlpacaToMessages(RowTransform):
 
 
 class ShareGPTToMessages(RowTransform):
-    """``{"conversations": [{"from": "human"|"gpt"|"system", "value": ...}]}`` -> messages."""
+    """``{"conversations": [{"from": "human"|"gpt"|"system", "value": ...}]}`` -> messages;
+    ``system_prompt`` replaces the rows' own system turns."""
+
+    def __init__(
+        self, column_map: Mapping[str, str] | None = None, system_prompt: str | None = None
+    ) -> None:
+        super().__init__(column_map)
+        self.system_prompt = system_prompt
 
     def __call__(self, row: Mapping[str, Any], index: int) -> list[Message]:
         turns = self.field(row, "conversations", index, list)
@@ -111,15 +114,18 @@ class ShareGPTToMessages(RowTransform):
                     f"{sorted(SHAREGPT_ROLES)}"
                 )
             messages.append(_message(SHAREGPT_ROLES[speaker], turn.get("value"), index, t))
-        return _non_empty(messages, index)
+        return with_system_prompt(_non_empty(messages, index), self.system_prompt)
 
 
-class OpenAIToMessages(RowTransform):
-    """``{"messages": [{"role", "content"}]}`` -> messages."""
+class OpenAIToMessages(ShareGPTToMessages):
+    """``{"messages": [{"role", "content"}]}`` -> messages; ``system_prompt`` replaces the
+    rows' own system turns."""
 
     def __call__(self, row: Mapping[str, Any], index: int) -> list[Message]:
         turns = self.field(row, "messages", index, list)
-        return _non_empty(_openai_turns(turns, index), index)
+        return with_system_prompt(
+            _non_empty(_openai_turns(turns, index), index), self.system_prompt
+        )
 
 
 class ChosenRejectedToMessages(RowTransform):
@@ -127,18 +133,36 @@ class ChosenRejectedToMessages(RowTransform):
 
     Accepts ``{"prompt": str, "chosen": str, "rejected": str}`` or ``chosen``/``rejected``
     as OpenAI-style message lists holding the whole conversation (HH-RLHF "standard" form).
+    ``system_prompt`` replaces the rows' own system turns.
     """
+
+    def __init__(
+        self, column_map: Mapping[str, str] | None = None, system_prompt: str | None = None
+    ) -> None:
+        super().__init__(column_map)
+        self.system_prompt = system_prompt
 
     def __call__(self, row: Mapping[str, Any], index: int) -> tuple[list[Message], list[Message]]:
         if isinstance(row.get(self.column("chosen")), list):
             chosen = _openai_turns(self.field(row, "chosen", index, list), index)
             rejected = _openai_turns(self.field(row, "rejected", index, list), index)
-            return _non_empty(chosen, index), _non_empty(rejected, index)
-        prompt = [Message("user", self.field(row, "prompt", index))]
+        else:
+            prompt = [Message("user", self.field(row, "prompt", index))]
+            chosen = prompt + [Message("assistant", self.field(row, "chosen", index))]
+            rejected = prompt + [Message("assistant", self.field(row, "rejected", index))]
         return (
-            prompt + [Message("assistant", self.field(row, "chosen", index))],
-            prompt + [Message("assistant", self.field(row, "rejected", index))],
+            with_system_prompt(_non_empty(chosen, index), self.system_prompt),
+            with_system_prompt(_non_empty(rejected, index), self.system_prompt),
         )
+
+
+def with_system_prompt(messages: list[Message], system_prompt: str | None) -> list[Message]:
+    """``messages`` with ``system_prompt`` (if given) in place of their system turns, as
+    context: the same words in every row, never trained."""
+    if not system_prompt:
+        return messages
+    turns = [m for m in messages if m.role != "system"]
+    return [Message("system", system_prompt, masked=True, context=True), *turns]
 
 
 def _openai_turns(turns: list[Any], index: int) -> list[Message]:

@@ -73,7 +73,8 @@ def test_resolve_config(toy_registry, tmp_path):
         registry.resolve_config("tiny/tyo")
     assert str(e.value) == (
         "'tiny/tyo' is neither a bundled config nor a file (did you mean 'tiny/toy'?); "
-        "bundled configs: tiny/toy (`tt ls` lists them)"
+        "bundled configs: tiny/toy (`tt ls` lists them); a torchtune YAML file runs as it is: "
+        "--config path/to/file.yaml"
     )
 
 

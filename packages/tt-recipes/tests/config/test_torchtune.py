@@ -11,7 +11,9 @@ from tt_recipes.config._torchtune import (
     QUANTIZER_COMPONENT,
     QUANTIZERS,
     TOKENIZER_COMPONENT,
+    TOKENIZER_OPTIONS,
     TOKENIZERS,
+    UNTEMPLATED_DATASETS,
     from_torchtune,
     is_torchtune_config,
 )
@@ -51,7 +53,10 @@ def test_every_component_alias_names_an_importable_tt_component(torchtune_path):
     target, renames = COMPONENTS[torchtune_path]
     node = {"_component_": torchtune_path, **{old: 3 for old in renames}}
     out, notes = translate(dataset=node)
-    assert out["dataset"] == {"_component_": target, **{new: 3 for new in renames.values()}}
+    # torchtune's samsum and grammar apply no template of their own
+    extra = {"prompt_template": None} if torchtune_path in UNTEMPLATED_DATASETS else {}
+    assert out["dataset"] == {"_component_": target, **{new: 3 for new in renames.values()},
+                              **extra}  # fmt: skip
     assert f"dataset: {torchtune_path} -> {target}" in notes
     assert callable(resolve_component(target))
 
@@ -67,7 +72,7 @@ def test_every_tokenizer_reads_its_file_or_directory(torchtune_path):
     out, _ = translate(tokenizer=node)
     expected = "/m" if hf else file  # a vocab.json + merges.txt pair: the directory's tokenizer
     assert out["tokenizer"] == {"_component_": TOKENIZER_COMPONENT, "path": expected,
-                                "max_seq_len": 512}  # fmt: skip
+                                "max_seq_len": 512, **TOKENIZER_OPTIONS.get(torchtune_path, {})}  # fmt: skip
     assert callable(resolve_component(TOKENIZER_COMPONENT))
 
 
@@ -76,7 +81,8 @@ def test_a_prompt_template_is_refused_with_the_reason():
             "prompt_template": "torchtune.data.AlpacaInstructTemplate"}  # fmt: skip
     assert problems(tokenizer=node) == [
         "tt.yaml: key 'tokenizer.prompt_template': tt formats turns with the model's own chat "
-        "template; set it to null (a custom template is not supported yet)"
+        "template and cannot give torchtune.data.AlpacaInstructTemplate's tokens yet; set it to null (or use tt's "
+        "samsum/grammar/instruct builders, whose prompt_template is a format string)"
     ]
 
 

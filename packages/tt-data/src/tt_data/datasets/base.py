@@ -83,17 +83,21 @@ class PreferenceTransform(SFTTransform):
 
 
 class TextTransform(RowTransform):
-    """Row ``{"text"}`` -> bos + text + eos, every token trained, truncated to max_seq_len."""
+    """Row ``{"text"}`` -> bos + text (+ eos), every token trained, truncated to max_seq_len."""
 
     def __init__(
-        self, tokenizer: ModelTokenizer, column_map: Mapping[str, str] | None = None
+        self,
+        tokenizer: ModelTokenizer,
+        column_map: Mapping[str, str] | None = None,
+        add_eos: bool = True,
     ) -> None:
         super().__init__(column_map)
         self.tokenizer = tokenizer
+        self.add_eos = add_eos
 
     def __call__(self, row: Mapping[str, Any], index: int) -> Sample:
         self.check(row, index)
-        tokens = self.tokenizer.encode(self.field(row, "text", index))
+        tokens = self.tokenizer.encode(self.field(row, "text", index), add_eos=self.add_eos)
         truncate = getattr(self.tokenizer, "truncate", None)
         if truncate is not None:
             tokens, _ = truncate(tokens, [False] * len(tokens))
@@ -324,16 +328,18 @@ def chat_dataset(
     packed: bool = False,
     filter_fn: Callable[[dict], bool] | None = None,
     masking_strategy: str = "train_on_assistant",
+    system_prompt: str | None = None,
     max_seq_len: int | None = None,
     **load_dataset_kwargs: Any,
 ) -> torch.utils.data.Dataset:
-    """Multi-turn conversations in ShareGPT (``conversations``) or OpenAI (``messages``) form."""
+    """Multi-turn conversations in ShareGPT (``conversations``) or OpenAI (``messages``) form;
+    ``system_prompt`` replaces the rows' system turns (context, never trained)."""
     if conversation_style not in CONVERSATION_STYLES:
         raise ValueError(
             f"conversation_style {conversation_style!r} is not valid; expected one of "
             f"{sorted(CONVERSATION_STYLES)}"
         )
-    transform = CONVERSATION_STYLES[conversation_style](column_map)
+    transform = CONVERSATION_STYLES[conversation_style](column_map, system_prompt)
     rows = load_rows(source, split, filter_fn, **load_dataset_kwargs)
     sample_fn = SFTTransform(tokenizer, transform, masking_strategy)
     return build_dataset(rows, sample_fn, packed, tokenizer, max_seq_len)
@@ -348,11 +354,13 @@ def preference_dataset(
     packed: bool = False,
     filter_fn: Callable[[dict], bool] | None = None,
     masking_strategy: str = "train_on_assistant",
+    system_prompt: str | None = None,
     max_seq_len: int | None = None,
     **load_dataset_kwargs: Any,
 ) -> torch.utils.data.Dataset:
-    """Chosen/rejected pairs (strings with a prompt, or full message lists)."""
-    transform = ChosenRejectedToMessages(column_map)
+    """Chosen/rejected pairs (strings with a prompt, or full message lists); ``system_prompt``
+    replaces the rows' system turns (context, never trained)."""
+    transform = ChosenRejectedToMessages(column_map, system_prompt)
     rows = load_rows(source, split, filter_fn, **load_dataset_kwargs)
     sample_fn = PreferenceTransform(tokenizer, transform, masking_strategy)
     return build_dataset(rows, sample_fn, packed, tokenizer, max_seq_len)
@@ -367,8 +375,11 @@ def text_completion_dataset(
     packed: bool = False,
     filter_fn: Callable[[dict], bool] | None = None,
     max_seq_len: int | None = None,
+    add_eos: bool = True,
     **load_dataset_kwargs: Any,
 ) -> torch.utils.data.Dataset:
-    """Plain text (column ``text``) for continued pre-training; every token trained."""
+    """Plain text (column ``text``) for continued pre-training; every token trained. Without
+    ``add_eos`` a text does not end with eos (a prefix to continue, not a whole document)."""
     rows = load_rows(source, split, filter_fn, **load_dataset_kwargs)
-    return build_dataset(rows, TextTransform(tokenizer, column_map), packed, tokenizer, max_seq_len)
+    transform = TextTransform(tokenizer, column_map, add_eos)
+    return build_dataset(rows, transform, packed, tokenizer, max_seq_len)

@@ -66,9 +66,19 @@ def load_tiktoken_ranks(path: str | os.PathLike) -> dict[bytes, int]:
 
 
 class Llama3Tokenizer(TruncatingTokenizer):
-    """TikToken BPE with Llama 3 special tokens and header/eot chat format."""
+    """TikToken BPE with Llama 3 special tokens and header/eot chat format.
 
-    def __init__(self, path: str | os.PathLike, max_seq_len: int | None = None) -> None:
+    ``append_end_of_text`` ends a conversation (not a generation prompt) with
+    ``<|end_of_text|>``, masked, as torchtune's Llama 3 tokenizer does; Llama 3's chat template
+    ends at the last ``<|eot_id|>``. (A masked last token changes no loss.)
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        max_seq_len: int | None = None,
+        append_end_of_text: bool = False,
+    ) -> None:
         import tiktoken
 
         ranks = load_tiktoken_ranks(path)
@@ -89,6 +99,7 @@ class Llama3Tokenizer(TruncatingTokenizer):
         self.python_tag_id = self.special["<|python_tag|>"]
         self.stop_tokens = [self.eos_id, self.eom_id, self.eot_id]
         self.max_seq_len = max_seq_len
+        self.append_end_of_text = append_end_of_text
         self.num_truncated = 0
 
     @property
@@ -134,4 +145,7 @@ class Llama3Tokenizer(TruncatingTokenizer):
             header = self._header("assistant")
             tokens += header
             mask += [True] * len(header)
+        elif self.append_end_of_text:
+            tokens.append(self.eos_id)
+            mask.append(True)
         return tokens, mask

@@ -39,10 +39,7 @@ COMPONENTS: dict[str, tuple[str, dict[str, str]]] = {
     "torchtune.datasets.hh_rlhf_helpful_dataset": ("tt_data.hh_rlhf_helpful", {}),
     "torchtune.datasets.wikitext_dataset": ("tt_data.wikitext", {}),
     "torchtune.datasets.cnn_dailymail_articles_dataset": ("tt_data.cnn_dailymail", {}),
-    "torchtune.datasets.instruct_dataset": (
-        "tt_data.instruct_dataset",
-        {"new_system_prompt": "system_prompt"},
-    ),
+    "torchtune.datasets.instruct_dataset": ("tt_data.instruct_dataset", {}),
     "torchtune.datasets.chat_dataset": ("tt_data.chat_dataset", {}),
     "torchtune.datasets.preference_dataset": ("tt_data.preference_dataset", {}),
     "torchtune.datasets.text_completion_dataset": ("tt_data.text_completion_dataset", {}),
@@ -67,6 +64,24 @@ COMPONENTS: dict[str, tuple[str, dict[str, str]]] = {
     ),
     "torchtune.rlhf.loss.DPOLoss": ("tt_recipes.losses.DPOLoss", {}),
 }
+
+# torchtune datasets built on chat conversations: their train_on_input is tt's
+# masking_strategy (the instruction-style builders take train_on_input as torchtune does).
+CHAT_DATASETS = (
+    "torchtune.datasets.chat_dataset",
+    "torchtune.datasets.slimorca_dataset",
+    "torchtune.datasets.preference_dataset",
+    "torchtune.datasets.stack_exchange_paired_dataset",
+    "torchtune.datasets.hh_rlhf_helpful_dataset",
+)
+# torchtune's samsum and grammar builders format nothing: a prompt template comes from the
+# tokenizer's prompt_template, if any. tt's builders hold their template themselves.
+UNTEMPLATED_DATASETS = (
+    "torchtune.datasets.samsum_dataset",
+    "torchtune.datasets.grammar_dataset",
+)
+# chat_dataset's conversation_style -> the column tt's conversation transform reads.
+CONVERSATION_COLUMNS = {"sharegpt": "conversations", "openai": "messages"}
 
 # torchtune's quantizers -> tt's torchao scheme, with the arguments fixed by the class.
 QUANTIZERS: dict[str, dict[str, Any]] = {
@@ -98,6 +113,10 @@ TOKENIZERS: dict[str, str] = {
 # the directory's tokenizer.json, which holds both.
 TOKENIZER_SIBLING_FILES = ("merges_file", "merges_path")
 TOKENIZER_COMPONENT = "tt_data.tokenizers.from_pretrained"
+# What tt's tokenizer needs to give the ids torchtune's gives, beyond the file.
+TOKENIZER_OPTIONS: dict[str, dict[str, Any]] = {
+    "torchtune.models.llama3.llama3_tokenizer": {"append_end_of_text": True},
+}
 
 CHECKPOINTERS = (
     "torchtune.training.FullModelHFCheckpointer",
@@ -336,10 +355,15 @@ def _tokenizer(values: dict, keys: Mapping[str, Any], notes: Notes, problems: Pr
     node.pop(COMPONENT_KEY)
     if "max_seq_len" in node:
         out["max_seq_len"] = node.pop("max_seq_len")
-    if node.pop("prompt_template", None) is not None:
+    out.update(TOKENIZER_OPTIONS.get(path, {}))
+    template = node.pop("prompt_template", None)
+    if template is not None:
+        # torchtune encodes a template's text and the turn's separately, each stripped of
+        # surrounding whitespace: the tokens are not those of any one prompt string.
         problems.append(
-            "key 'tokenizer.prompt_template': tt formats turns with the model's own chat "
-            "template; set it to null (a custom template is not supported yet)"
+            f"key 'tokenizer.prompt_template': tt formats turns with the model's own chat "
+            f"template and cannot give {template}'s tokens yet; set it to null (or use tt's "
+            "samsum/grammar/instruct builders, whose prompt_template is a format string)"
         )
     for name in node:
         problems.append(f"key 'tokenizer.{name}': tt's tokenizers take no {name!r}")
@@ -478,11 +502,30 @@ def _unsupported_value(name: str, value: Any, only: Any) -> str:
     return f"key '{name}': tt supports only {name}: {only} (got {value!r})"
 
 
+def _dataset_args(node: dict[str, Any], path: str) -> None:
+    """A torchtune dataset builder's arguments in tt's words (same rows, same tokens)."""
+    if "new_system_prompt" in node:
+        node["system_prompt"] = node.pop("new_system_prompt")
+    if path in CHAT_DATASETS and "train_on_input" in node:
+        on_input = node.pop("train_on_input")
+        node["masking_strategy"] = "train_on_all" if on_input else "train_on_assistant"
+    column = node.pop("conversation_column", None)
+    if column is not None:
+        style = node.get("conversation_style")
+        node["column_map"] = {CONVERSATION_COLUMNS.get(style, "conversations"): column}
+    if path in UNTEMPLATED_DATASETS:
+        node.setdefault("prompt_template", None)
+    if path.endswith("text_completion_dataset") and "column" in node:
+        node["column_map"] = {"text": node.pop("column")}
+
+
 def _rename_components(value: Any, notes: Notes, problems: Problems, where: str = "") -> None:
     """Every remaining ``torchtune.*`` component: renamed by the table, or a problem."""
     if isinstance(value, dict):
         path = value.get(COMPONENT_KEY)
         if isinstance(path, str) and path.startswith(PREFIX):
+            if path.startswith("torchtune.datasets."):
+                _dataset_args(value, path)
             if path in COMPONENTS:
                 target, renames = COMPONENTS[path]
                 for old, new in renames.items():

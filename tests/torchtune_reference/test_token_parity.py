@@ -1,0 +1,166 @@
+"""The same rows through torchtune 0.6.1 and through tt, from the same torchtune config: the
+token ids and labels are equal, for every dataset builder and train_on_input setting.
+
+tt's side is what `tt run` does with the config: its dataset and tokenizer sections are read
+as a torchtune config (tt_recipes.config) and instantiated from tt's components.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "torchtune"))
+from checkpoints import WORDS, write_llama3_ranks  # noqa: E402
+
+try:
+    from torchtune.config import instantiate as torchtune_instantiate
+except ImportError as e:  # only `uv run nox -s torchtune-reference` has it
+    pytest.fail(f"torchtune 0.6.1 cannot be imported here ({e}); run these tests with "
+                "`uv run nox -s torchtune-reference`", pytrace=False)  # fmt: skip
+from tt_recipes.config import instantiate  # noqa: E402
+from tt_recipes.config._torchtune import from_torchtune  # noqa: E402
+from tt_recipes.registry import load_recipe  # noqa: E402
+
+ROWS = 24
+
+
+def _text(i: int, k: int) -> str:
+    return " ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(k))
+
+
+def _rows(kind: str, i: int) -> dict:
+    if kind == "alpaca":
+        return {"instruction": _text(i, 6), "input": _text(i + 1, 3) if i % 2 else "",
+                "output": _text(i + 2, 8)}  # fmt: skip
+    if kind == "instruct":
+        return {"question": _text(i, 6), "answer": _text(i + 2, 5)}
+    if kind == "sharegpt":
+        turns = [{"from": "system", "value": _text(i, 4)}] if i % 3 == 0 else []
+        turns += [{"from": "human", "value": _text(i, 5)}, {"from": "gpt", "value": _text(i, 7)},
+                  {"from": "human", "value": _text(i + 1, 3)}, {"from": "gpt", "value": _text(i, 2)}]  # fmt: skip
+        return {"conversations": turns}
+    if kind == "openai":
+        return {"messages": [{"role": "user", "content": _text(i, 5)},
+                             {"role": "assistant", "content": _text(i + 3, 6)}]}  # fmt: skip
+    if kind == "pairs":
+        return {"question": _text(i, 6), "response_j": _text(i + 1, 5), "response_k": _text(i, 4)}
+    if kind == "pair_messages":
+        prompt = [{"role": "user", "content": _text(i, 6)}]
+        return {"chosen_conversations": [*prompt, {"role": "assistant", "content": _text(i, 5)}],
+                "rejected_conversations": [*prompt, {"role": "assistant", "content": _text(i, 3)}]}  # fmt: skip
+    if kind == "samsum":
+        return {"dialogue": _text(i, 9), "summary": _text(i + 4, 4)}
+    if kind == "grammar":
+        return {"input": _text(i, 7), "output": _text(i + 5, 7)}
+    if kind == "text":
+        return {"text": _text(i, 20)}
+    raise ValueError(kind)
+
+
+# (torchtune builder, its arguments, the rows' schema)
+CASES = {
+    "alpaca": ("torchtune.datasets.alpaca_dataset", {}, "alpaca"),
+    "alpaca_cleaned": ("torchtune.datasets.alpaca_cleaned_dataset", {}, "alpaca"),
+    "instruct": ("torchtune.datasets.instruct_dataset",
+                 {"column_map": {"input": "question", "output": "answer"}}, "instruct"),
+    "instruct_system": ("torchtune.datasets.instruct_dataset",
+                        {"column_map": {"input": "question", "output": "answer"},
+                         "new_system_prompt": "Answer briefly."}, "instruct"),
+    "chat_sharegpt": ("torchtune.datasets.chat_dataset",
+                      {"conversation_column": "conversations", "conversation_style": "sharegpt"},
+                      "sharegpt"),
+    "chat_openai": ("torchtune.datasets.chat_dataset",
+                    {"conversation_column": "messages", "conversation_style": "openai"}, "openai"),
+    "chat_system": ("torchtune.datasets.chat_dataset",
+                    {"conversation_column": "conversations", "conversation_style": "sharegpt",
+                     "new_system_prompt": "Be kind."}, "sharegpt"),
+    "slimorca": ("torchtune.datasets.slimorca_dataset", {}, "sharegpt"),
+    "samsum": ("torchtune.datasets.samsum_dataset", {}, "samsum"),
+    "grammar": ("torchtune.datasets.grammar_dataset", {}, "grammar"),
+    "stack_exchange_paired": ("torchtune.datasets.stack_exchange_paired_dataset", {}, "pairs"),
+    "preference": ("torchtune.datasets.preference_dataset",
+                   {"column_map": {"chosen": "chosen_conversations",
+                                   "rejected": "rejected_conversations"}}, "pair_messages"),
+    "preference_system": ("torchtune.datasets.preference_dataset",
+                          {"column_map": {"chosen": "chosen_conversations",
+                                          "rejected": "rejected_conversations"},
+                           "new_system_prompt": "Prefer short answers."}, "pair_messages"),
+}  # fmt: skip
+TEXT_CASES = {
+    "text_completion": {"column": "text"},
+    "text_completion_no_eos": {"column": "text", "add_eos": False},
+}
+
+
+@pytest.fixture(scope="module")
+def llama3_files(tmp_path_factory) -> tuple[Path, Path]:
+    """Meta's tokenizer.model format, and torchtune's special-token ids for its size: torchtune
+    numbers Llama 3's special tokens from 128000, the real vocabulary's size; tt numbers them
+    after the ranks, which is the same for the real file."""
+    from torchtune.models.llama3._tokenizer import LLAMA3_SPECIAL_TOKENS
+
+    root = tmp_path_factory.mktemp("llama3")
+    n = write_llama3_ranks(root / "original" / "tokenizer.model")
+    added = [{"id": i - 128_000 + n, "content": c} for c, i in LLAMA3_SPECIAL_TOKENS.items()]
+    (root / "special.json").write_text(json.dumps({"added_tokens": added}))
+    return root / "original" / "tokenizer.model", root / "special.json"
+
+
+def _write_rows(path: Path, kind: str) -> Path:
+    path.write_text("".join(json.dumps(_rows(kind, i)) + "\n" for i in range(ROWS)))
+    return path
+
+
+def _both(tmp_path, llama3_files, builder, args, kind, template=None):
+    model_file, special = llama3_files
+    rows = _write_rows(tmp_path / f"{kind}.jsonl", kind)
+    tokenizer = {"_component_": "torchtune.models.llama3.llama3_tokenizer",
+                 "path": str(model_file), "max_seq_len": 512, "prompt_template": template}  # fmt: skip
+    dataset = {"_component_": builder, "source": "json", "data_files": str(rows),
+               "split": "train", **args}  # fmt: skip
+    reference_tokenizer = torchtune_instantiate(
+        OmegaConf.create({**tokenizer, "special_tokens_path": str(special)})
+    )
+    reference = torchtune_instantiate(OmegaConf.create(dataset), reference_tokenizer)
+    cfg, _ = from_torchtune(
+        OmegaConf.create({"tokenizer": tokenizer, "dataset": dataset}),
+        load_recipe("lora_finetune").spec.keys,
+        "parity.yaml",
+    )
+    ours = instantiate(cfg.dataset, instantiate(cfg.tokenizer))
+    return reference, ours
+
+
+def _assert_same(reference, ours, keys):
+    assert len(reference) == len(ours) == ROWS
+    for i in range(ROWS):
+        for key, our_key in keys.items():
+            assert list(ours[i][our_key]) == [int(t) for t in reference[i][key]], (i, key)
+
+
+@pytest.mark.parametrize("train_on_input", [False, True])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_sft_and_preference_builders_give_torchtunes_tokens(
+    case, train_on_input, tmp_path, llama3_files
+):
+    builder, args, kind = CASES[case]
+    reference, ours = _both(tmp_path, llama3_files, builder,
+                            {**args, "train_on_input": train_on_input}, kind)  # fmt: skip
+    if kind in ("pairs", "pair_messages"):
+        keys = {"chosen_input_ids": "chosen_tokens", "chosen_labels": "chosen_labels",
+                "rejected_input_ids": "rejected_tokens", "rejected_labels": "rejected_labels"}  # fmt: skip
+    else:
+        keys = {"tokens": "tokens", "labels": "labels"}
+    _assert_same(reference, ours, keys)
+
+
+@pytest.mark.parametrize("case", sorted(TEXT_CASES))
+def test_text_completion_gives_torchtunes_tokens(case, tmp_path, llama3_files):
+    reference, ours = _both(tmp_path, llama3_files, "torchtune.datasets.text_completion_dataset",
+                            TEXT_CASES[case], "text")  # fmt: skip
+    _assert_same(reference, ours, {"tokens": "tokens", "labels": "labels"})
