@@ -36,7 +36,7 @@ PACKAGES: dict[str, tuple[list[str], list[str]]] = {
         ["tt-models", "tt-peft", "tt-data", "tt-ckpt", "tt-dist"],
         ["tensorboard", "wandb", "eval"],
     ),
-    "tt-cli": (["tt-models", "tt-peft", "tt-data", "tt-ckpt", "tt-dist", "tt-recipes"], []),
+    "tt-cli": (["tt-models", "tt-peft", "tt-data", "tt-ckpt", "tt-dist", "tt-recipes"], ["plot"]),
 }
 
 

@@ -97,18 +97,40 @@ TEXT_CASES = {
 }
 
 
+# torchtune tokenizer builder -> (file argument, its prompt_template: None or a value)
+TOKENIZERS = {
+    "llama3": ("torchtune.models.llama3.llama3_tokenizer", {}),
+    "llama2": ("torchtune.models.llama2.llama2_tokenizer", {}),  # Llama2ChatTemplate
+    "llama2_plain": ("torchtune.models.llama2.llama2_tokenizer", {"prompt_template": None}),
+    "mistral": ("torchtune.models.mistral.mistral_tokenizer", {}),  # MistralChatTemplate
+    "gemma": ("torchtune.models.gemma.gemma_tokenizer", {}),  # no template
+}
+# Rows with a system turn: torchtune's Mistral template refuses them, and so does tt.
+WITH_SYSTEM = {"instruct_system", "chat_sharegpt", "chat_system", "slimorca", "preference_system"}
+
+
 @pytest.fixture(scope="module")
-def llama3_files(tmp_path_factory) -> tuple[Path, Path]:
-    """Meta's tokenizer.model format, and torchtune's special-token ids for its size: torchtune
-    numbers Llama 3's special tokens from 128000, the real vocabulary's size; tt numbers them
-    after the ranks, which is the same for the real file."""
+def tokenizer_files(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
+    """kind -> (its tokenizer.model, arguments torchtune alone needs). Llama 3: Meta's ranks
+    format; torchtune numbers Llama 3's special tokens from 128000 (the real vocabulary's
+    size) and tt after the ranks, the same for the real file, so torchtune gets its ids for
+    this size. SentencePiece: a small BPE model with bos, eos and unk."""
+    import sentencepiece as spm
     from torchtune.models.llama3._tokenizer import LLAMA3_SPECIAL_TOKENS
 
-    root = tmp_path_factory.mktemp("llama3")
-    n = write_llama3_ranks(root / "original" / "tokenizer.model")
+    root = tmp_path_factory.mktemp("tokenizers")
+    n = write_llama3_ranks(root / "llama3" / "tokenizer.model")
     added = [{"id": i - 128_000 + n, "content": c} for c, i in LLAMA3_SPECIAL_TOKENS.items()]
     (root / "special.json").write_text(json.dumps({"added_tokens": added}))
-    return root / "original" / "tokenizer.model", root / "special.json"
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join([" ".join(WORDS)] * 4 + ["[INST] <<SYS>> </SYS> [/INST] ---"]))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(root / "sp"),
+                                   vocab_size=150, model_type="bpe", minloglevel=2)  # fmt: skip
+    llama3 = (
+        root / "llama3" / "tokenizer.model",
+        {"special_tokens_path": str(root / "special.json")},
+    )
+    return {"llama3": llama3, "sentencepiece": (root / "sp.model", {})}  # fmt: skip
 
 
 def _write_rows(path: Path, kind: str) -> Path:
@@ -116,24 +138,23 @@ def _write_rows(path: Path, kind: str) -> Path:
     return path
 
 
-def _both(tmp_path, llama3_files, builder, args, kind, template=None):
-    model_file, special = llama3_files
+def _both(tmp_path, tokenizer_files, tokenizer_kind, builder, args, kind):
+    component, template = TOKENIZERS[tokenizer_kind]
+    file, reference_only = tokenizer_files[
+        "llama3" if tokenizer_kind == "llama3" else "sentencepiece"
+    ]
     rows = _write_rows(tmp_path / f"{kind}.jsonl", kind)
-    tokenizer = {"_component_": "torchtune.models.llama3.llama3_tokenizer",
-                 "path": str(model_file), "max_seq_len": 512, "prompt_template": template}  # fmt: skip
+    tokenizer = {"_component_": component, "path": str(file), "max_seq_len": 512, **template}
     dataset = {"_component_": builder, "source": "json", "data_files": str(rows),
                "split": "train", **args}  # fmt: skip
-    reference_tokenizer = torchtune_instantiate(
-        OmegaConf.create({**tokenizer, "special_tokens_path": str(special)})
-    )
+    reference_tokenizer = torchtune_instantiate(OmegaConf.create({**tokenizer, **reference_only}))
     reference = torchtune_instantiate(OmegaConf.create(dataset), reference_tokenizer)
     cfg, _ = from_torchtune(
         OmegaConf.create({"tokenizer": tokenizer, "dataset": dataset}),
         load_recipe("lora_finetune").spec.keys,
         "parity.yaml",
     )
-    ours = instantiate(cfg.dataset, instantiate(cfg.tokenizer))
-    return reference, ours
+    return reference, lambda: instantiate(cfg.dataset, instantiate(cfg.tokenizer))
 
 
 def _assert_same(reference, ours, keys):
@@ -143,24 +164,32 @@ def _assert_same(reference, ours, keys):
             assert list(ours[i][our_key]) == [int(t) for t in reference[i][key]], (i, key)
 
 
+@pytest.mark.parametrize("tokenizer", sorted(TOKENIZERS))
 @pytest.mark.parametrize("train_on_input", [False, True])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_sft_and_preference_builders_give_torchtunes_tokens(
-    case, train_on_input, tmp_path, llama3_files
+    case, train_on_input, tokenizer, tmp_path, tokenizer_files
 ):
     builder, args, kind = CASES[case]
-    reference, ours = _both(tmp_path, llama3_files, builder,
+    reference, ours = _both(tmp_path, tokenizer_files, tokenizer, builder,
                             {**args, "train_on_input": train_on_input}, kind)  # fmt: skip
+    if tokenizer == "mistral" and case in WITH_SYSTEM:
+        with pytest.raises(ValueError, match="System prompts are not supported"):
+            reference[0]
+        with pytest.raises(ValueError, match="Mistral chat template has no system turn"):
+            ours()[0]
+        return
     if kind in ("pairs", "pair_messages"):
         keys = {"chosen_input_ids": "chosen_tokens", "chosen_labels": "chosen_labels",
                 "rejected_input_ids": "rejected_tokens", "rejected_labels": "rejected_labels"}  # fmt: skip
     else:
         keys = {"tokens": "tokens", "labels": "labels"}
-    _assert_same(reference, ours, keys)
+    _assert_same(reference, ours(), keys)
 
 
+@pytest.mark.parametrize("tokenizer", sorted(TOKENIZERS))
 @pytest.mark.parametrize("case", sorted(TEXT_CASES))
-def test_text_completion_gives_torchtunes_tokens(case, tmp_path, llama3_files):
-    reference, ours = _both(tmp_path, llama3_files, "torchtune.datasets.text_completion_dataset",
-                            TEXT_CASES[case], "text")  # fmt: skip
-    _assert_same(reference, ours, {"tokens": "tokens", "labels": "labels"})
+def test_text_completion_gives_torchtunes_tokens(case, tokenizer, tmp_path, tokenizer_files):
+    reference, ours = _both(tmp_path, tokenizer_files, tokenizer,
+                            "torchtune.datasets.text_completion_dataset", TEXT_CASES[case], "text")  # fmt: skip
+    _assert_same(reference, ours(), {"tokens": "tokens", "labels": "labels"})

@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 from huggingface_hub import constants
-from tt_ckpt import DownloadError, download
+from tt_ckpt import DownloadError, download, hub_repo_id
 
 REPO = "tiny-org/tiny-llama"
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -108,6 +108,17 @@ def test_download_writes_every_file(hub, tmp_path):
     for name, data in FILES.items():
         assert (out / name).read_bytes() == data
     assert f"GET /api/models/{REPO}/revision/main" in FakeHub.requests
+    assert hub_repo_id(out) == REPO  # tt_source.json: adapters trained on it name the repo
+
+
+def test_hub_repo_id_reads_only_a_plain_string(tmp_path):
+    assert hub_repo_id(tmp_path) is None  # not downloaded by tt
+    (tmp_path / "tt_source.json").write_text("not json")
+    assert hub_repo_id(tmp_path) is None
+    (tmp_path / "tt_source.json").write_text('{"repo_id": {"__class__": "os.system"}}')
+    assert hub_repo_id(tmp_path) is None
+    (tmp_path / "tt_source.json").write_text('["acme/m"]')
+    assert hub_repo_id(tmp_path) is None
 
 
 def test_download_ignore_patterns_and_token_from_env(hub, tmp_path, monkeypatch):

@@ -171,6 +171,19 @@ def test_download_passes_arguments_and_token_from_env(monkeypatch, tmp_path, cap
     assert capsys.readouterr().out == f"downloaded acme/m to {tmp_path}\n" * 2
 
 
+def test_download_defaults_to_checkpoints_and_takes_a_revision(monkeypatch, tmp_path, capsys):
+    calls = []
+    monkeypatch.setattr(tt_ckpt, "download", lambda *a, **k: calls.append((a, k)) or tmp_path)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    assert main(["download", "acme/model-1B", "--revision", "v2"]) == 0
+    assert calls == [
+        (
+            ("acme/model-1B", "checkpoints/model-1B"),
+            {"token": None, "ignore_patterns": None, "revision": "v2"},
+        )
+    ]
+
+
 def test_download_error_is_printed_and_exits_1(monkeypatch, tmp_path, capsys):
     def fail(*args, **kwargs):
         raise tt_ckpt.DownloadError("Downloading 'acme/m' failed: unauthorised. Set HF_TOKEN.")
@@ -218,3 +231,37 @@ def test_every_bundled_config_passes_tt_validate(capsys, tmp_path, monkeypatch):
                 (tmp_path / path).mkdir(parents=True, exist_ok=True)
         assert main(["validate", name]) == 0, capsys.readouterr().err
     assert registry.config_files() == sorted(registry.CONFIGS)
+
+
+def _metrics(run_dir, rows):
+    (run_dir / "logs").mkdir(parents=True)
+    lines = (
+        [json.dumps({"config": {"lr": 1}})] + [json.dumps(r) for r in rows] + ['{"step": 9, "lo']
+    )
+    (run_dir / "logs" / "metrics.jsonl").write_text("\n".join(lines))  # the last line cut short
+
+
+def test_plot_draws_each_logged_metric_of_several_runs(tmp_path, capsys):
+    from tt_cli.plot import read_curves
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    _metrics(
+        a, [{"step": s, "loss": 3.0 / s, "lr": 1e-3, "tokens_per_s": 900.0} for s in (1, 2, 3)]
+    )
+    _metrics(
+        b, [{"step": s, "loss": 2.0 / s, "val_loss": 1.0 / s, "reward": 0.1 * s} for s in (1, 2)]
+    )
+    assert read_curves(a / "logs" / "metrics.jsonl")["loss"] == ([1, 2, 3], [3.0, 1.5, 1.0])
+    out = tmp_path / "compare.png"
+    assert main(["plot", str(a), str(b), "-o", str(out)]) == 0
+    assert capsys.readouterr().out == (
+        f"wrote {out}: training loss, validation loss, learning rate, tokens/s, reward of 2 run(s)\n"
+    )
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["plot", str(a)]) == 0 and (a / "curves.png").is_file()  # default place
+
+
+def test_plot_of_a_directory_without_metrics_is_a_usage_error(tmp_path, capsys):
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "no metrics.jsonl under" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "nope")]) == 2

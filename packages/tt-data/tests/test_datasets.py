@@ -273,3 +273,15 @@ def test_hf_dataset_rows_are_accepted(llama3_tokenizer):
     ds = tt_data.datasets.TokenizedDataset(rows, tt_data.datasets.SFTTransform(
         llama3_tokenizer, tt_data.datasets.base.InputOutputToMessages()))  # fmt: skip
     assert trained_text(llama3_tokenizer, ds[0]).endswith("y<|eot_id|>")
+
+
+def test_plain_text_prompts_have_no_chat_template(tmp_path, llama3_tokenizer):
+    tok = llama3_tokenizer
+    files = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "The movie was"}])
+    plain = tt_data.prompt_dataset(tok, source="json", data_files=files, chat=False)
+    assert plain[0]["prompt_tokens"] == tok.encode("The movie was", add_eos=False)
+    chat = tt_data.prompt_dataset(tok, source="json", data_files=files)
+    assert chat[0]["prompt_tokens"] != plain[0]["prompt_tokens"]  # headers around the turn
+    with pytest.raises(ValueError, match="system_prompt needs chat=True"):
+        tt_data.prompt_dataset(tok, source="json", data_files=files, chat=False,
+                               system_prompt="Be brief.")  # fmt: skip

@@ -22,7 +22,7 @@ from tt_ckpt.hf import (
     read_hf_config,
     save_hf_checkpoint,
 )
-from tt_ckpt.hub import download
+from tt_ckpt.hub import download, hub_repo_id
 from tt_ckpt.keymaps import (
     FAMILIES,
     FusedTensor,
@@ -52,6 +52,7 @@ __all__ = [
     "check_shapes",
     "copy_auxiliary_files",
     "download",
+    "hub_repo_id",
     "get_keymap",
     "hf_to_tt",
     "load_hf_checkpoint",

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from tt_ckpt.errors import DownloadError
+
+# Written by download next to the files: which hub repository (and revision) they came from,
+# so an adapter trained on them names the repository, not a local path.
+SOURCE_FILE = "tt_source.json"
 
 
 def _endpoint() -> str:
@@ -101,4 +106,17 @@ def download(
     except (OSError, errors.HFValidationError) as error:
         # HfHubHTTPError and LocalEntryNotFoundError are OSErrors.
         raise DownloadError(_explain(error, repo_id, revision, endpoint)) from error
+    source = {"repo_id": repo_id, "revision": revision or "main"}
+    (Path(path) / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
     return Path(path)
+
+
+def hub_repo_id(directory: str | Path) -> str | None:
+    """The hub repository ``download`` fetched ``directory`` from, or None (not downloaded by
+    tt, or a file that is not ours to trust: only a plain string id is returned)."""
+    path = Path(directory) / SOURCE_FILE
+    try:
+        repo_id = json.loads(path.read_text()).get("repo_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return repo_id if isinstance(repo_id, str) and repo_id else None

@@ -117,12 +117,29 @@ def cmd_download(args: argparse.Namespace) -> int:
     import tt_ckpt
 
     token = args.hf_token or os.environ.get("HF_TOKEN")
+    output_dir = args.output_dir or str(Path("checkpoints") / args.repo_id.split("/")[-1])
+    extra = {"revision": args.revision} if args.revision else {}
     try:
         path = tt_ckpt.download(
-            args.repo_id, args.output_dir, token=token, ignore_patterns=args.ignore_patterns
+            args.repo_id, output_dir, token=token, ignore_patterns=args.ignore_patterns, **extra
         )
     except tt_ckpt.DownloadError as e:
         print(f"tt download: {e}", file=sys.stderr)
         return 1
     print(f"downloaded {args.repo_id} to {path}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Draw the runs' curves into a PNG; print where it is and what it shows."""
+    from tt_cli.plot import plot_runs
+
+    runs = [Path(run) for run in args.runs]
+    for run in runs:
+        if not run.exists():
+            raise ConfigError(f"run directory '{run}' does not exist")
+    first = runs[0] if runs[0].is_dir() else runs[0].parent
+    output = Path(args.output) if args.output else first / "curves.png"
+    panels = plot_runs(runs, output)
+    print(f"wrote {output}: {', '.join(panels)} of {len(runs)} run(s)")
     return 0

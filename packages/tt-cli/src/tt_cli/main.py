@@ -32,6 +32,7 @@ examples:
   tt validate ./my_lora.yaml --recipe lora_finetune optimizer.lr=1e-4
   tt run lora_finetune --config ./my_lora.yaml
   tt download meta-llama/Llama-3.2-1B --output-dir /models/llama3_2_1b
+  tt plot outputs/run_a outputs/run_b -o compare.png
 """
 OVERRIDES_HELP = "key.sub=value (YAML-typed), key=dotted.path (sets _component_), ~key (deletes)"
 
@@ -88,7 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
         "HF_HUB_OFFLINE are honoured)."
     )
     download.add_argument("repo_id", help="e.g. meta-llama/Llama-3.2-1B")
-    download.add_argument("--output-dir", required=True, help="directory to download into")
+    download.add_argument(
+        "--output-dir",
+        help="directory to download into (default: ./checkpoints/<name>, where tt's bundled "
+        "configs look)",
+    )
+    download.add_argument("--revision", help="a branch, tag or commit (default: main)")
     download.add_argument("--hf-token", help="access token (default: $HF_TOKEN)")
     download.add_argument(
         "--ignore-patterns",
@@ -98,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip files matching these globs, e.g. 'original/*' '*.pth'",
     )
     download.set_defaults(handler=commands.cmd_download)
+
+    plot = sub.add_parser("plot", help="draw runs' curves (loss, lr, tokens/s, rewards) to a PNG")
+    plot.description = (
+        "Read each run's metrics.jsonl and draw its curves into one PNG, runs overlaid "
+        "(needs matplotlib: pip install 'tt-cli[plot]')."
+    )
+    plot.add_argument("runs", nargs="+", help="output_dir of a run (or its metrics.jsonl)")
+    plot.add_argument("-o", "--output", help="the PNG to write (default: <first run>/curves.png)")
+    plot.set_defaults(handler=commands.cmd_plot)
     return parser
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import tt_dist
 from omegaconf import DictConfig
-from tt_ckpt import tt_module_to_hf
+from tt_ckpt import hub_repo_id, tt_module_to_hf
 from tt_models import build_model, to_hf_config
 from tt_peft import apply_lora, mark_only_adapters_trainable, merged_state_dict
 from tt_peft import save_adapter as save_peft_adapter
@@ -112,11 +112,12 @@ def lora_exporter(model: torch.nn.Module, cfg: DictConfig, tokenizer: Any) -> Ex
                 state_dict=merged_state_dict(whole),
             )
         family = to_hf_config(model.config)["model_type"]
-        base = cfg.checkpointer.get("checkpoint_dir")
+        base = source_dir(cfg) if cfg.checkpointer.get("checkpoint_dir") else None
         save_peft_adapter(
             whole,
             directory / ADAPTER_DIR,
-            base_model_name_or_path=str(source_dir(cfg)) if base else None,
+            # the hub id when `tt download` fetched the base, so the adapter loads anywhere
+            base_model_name_or_path=(hub_repo_id(base) or str(base)) if base else None,
             key_map=lambda name: tt_module_to_hf(name, family),
         )
 

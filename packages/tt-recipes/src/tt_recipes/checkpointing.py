@@ -17,6 +17,7 @@ after the new one is complete.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shutil
@@ -275,6 +276,19 @@ def save_hf_model(
         config_updates=token_id_config(tokenizer),
         **kwargs,
     )
+    write_generation_config(directory, tokenizer)
+
+
+def write_generation_config(directory: Path, tokenizer: Any) -> None:
+    """``generation_config.json`` with the tokenizer's stop tokens, so transformers'
+    ``generate`` stops where tt's does; sampling fields of the source's file are kept."""
+    path = Path(directory) / "generation_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    stops = sorted(set(getattr(tokenizer, "stop_tokens", None) or [tokenizer.eos_id]))
+    ids = {"bos_token_id": tokenizer.bos_id, "pad_token_id": tokenizer.pad_id,
+           "eos_token_id": stops[0] if len(stops) == 1 else stops}  # fmt: skip
+    config.update({key: value for key, value in ids.items() if value is not None})
+    path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def full_model_exporter(model: torch.nn.Module, cfg: DictConfig, tokenizer: Any) -> Exporter:

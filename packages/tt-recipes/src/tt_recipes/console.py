@@ -15,6 +15,9 @@ _CHATTY_LOGGERS = {
     "lm-eval": logging.WARNING,
     "datasets": logging.WARNING,
     "torchao": logging.WARNING,
+    # bitsandbytes on an AVX-512 CPU misses an optional kernel package; tt's optimizers from
+    # bitsandbytes do not use it.
+    "bitsandbytes.backends.cpu.ops": logging.ERROR,
 }
 
 

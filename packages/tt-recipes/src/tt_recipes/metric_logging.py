@@ -44,6 +44,70 @@ class MetricLogger(Protocol):
     def close(self) -> None: ...
 
 
+class MultiLogger:
+    """Several loggers at once, e.g. a DiskLogger and a WandBLogger::
+
+        metric_logger:
+          _component_: tt_recipes.metric_logging.MultiLogger
+          loggers:
+            - {_component_: tt_recipes.metric_logging.DiskLogger, log_dir: ${output_dir}/logs}
+            - {_component_: tt_recipes.metric_logging.TensorBoardLogger, log_dir: ${output_dir}/tb}
+
+    Each call goes to every logger that has the method (a user's own logger may lack some).
+    """
+
+    def __init__(self, loggers: list[Any]) -> None:
+        if not loggers:
+            raise ValueError("MultiLogger needs at least one logger in loggers")
+        self.loggers = list(loggers)
+
+    def _each(self, method: str, *args: Any) -> None:
+        for logger in self.loggers:
+            call = getattr(logger, method, None)
+            if call is not None:
+                call(*args)
+
+    def log_dict(self, metrics: Mapping[str, float], step: int) -> None:
+        self._each("log_dict", metrics, step)
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        self._each("log_config", config)
+
+    def log_samples(self, samples: list[Mapping[str, Any]], step: int) -> None:
+        self._each("log_samples", samples, step)
+
+    def resumed(self, step: int, checkpoint: str) -> None:
+        self._each("resumed", step, checkpoint)
+
+    def close(self) -> None:
+        self._each("close")
+
+
+class ValidationRecord:
+    """Remembers the validation metrics a run logs, for its end-of-run summary: the last value
+    of each and the best (lowest for losses and KL, highest otherwise) with its step."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}
+        self.best: dict[str, tuple[float, int]] = {}
+
+    def log_dict(self, metrics: Mapping[str, float], step: int) -> None:
+        for name, value in metrics.items():
+            if not name.startswith("val_") or not isinstance(value, (int, float)):
+                continue
+            self.last[name] = float(value)
+            lower = "loss" in name or "kl" in name
+            best = self.best.get(name)
+            if best is None or (value < best[0] if lower else value > best[0]):
+                self.best[name] = (float(value), step)
+
+    def lines(self) -> list[str]:
+        return [
+            f"{name} {value:.4g} (best {self.best[name][0]:.4g} at step {self.best[name][1]})"
+            for name, value in self.last.items()
+        ]
+
+
 def format_sample(sample: Mapping[str, Any], width: int = 60) -> str:
     """``prompt 'What is 2 + 2?' | completion '4' | reward 1``, texts cut to ``width``."""
     parts = []

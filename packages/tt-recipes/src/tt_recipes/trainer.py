@@ -35,7 +35,7 @@ from tqdm import tqdm
 from tt_data import padded_collate_packed, padded_collate_sft
 from tt_models import block_causal_mask
 
-from tt_recipes import checkpointing, console, interrupts, profiling, training
+from tt_recipes import checkpointing, console, interrupts, metric_logging, profiling, training
 from tt_recipes.config import (
     COMPONENT_KEY,
     DEVICE_KEY,
@@ -653,6 +653,9 @@ def stepping(run: Run) -> Iterator[Any]:
     """Around a run's loop: its progress bar; Ctrl-C / SIGTERM become ``Interrupted`` saying
     where the run stopped (also when what surfaced is an error the signal caused, such as a
     collective whose peer stopped first); the logger closed at the end."""
+    record = metric_logging.ValidationRecord()
+    run.logger = metric_logging.MultiLogger([run.logger, record])
+    started, first_step = time.perf_counter(), run.progress.step
     bar = tqdm(
         total=run.total_steps,
         initial=run.progress.step,
@@ -667,6 +670,9 @@ def stepping(run: Run) -> Iterator[Any]:
             step=lambda: run.progress.step,
         ) as profiler:  # fmt: skip
             yield StepProgress(bar, profiler)
+        bar.close()
+        if run.dist.rank == 0:
+            log_summary(run, time.perf_counter() - started, first_step, record)
     except KeyboardInterrupt as interrupt:
         raise interrupted(run, interrupt) from None
     except BaseException:
@@ -677,6 +683,32 @@ def stepping(run: Run) -> Iterator[Any]:
     finally:
         bar.close()
         run.logger.close()
+
+
+def log_summary(
+    run: Run, seconds: float, first_step: int, record: metric_logging.ValidationRecord
+) -> None:
+    """What a finished run did and where its result is, in a few lines."""
+    steps = run.progress.step - first_step
+    history = run.progress.history
+    lines = [f"Finished: {steps} steps in {seconds:.1f} s" + (
+        f" ({steps / seconds:.2f} steps/s); training loss {history[0]:.4g} -> "
+        f"{sum(history[-10:]) / len(history[-10:]):.4g} (mean of the last {len(history[-10:])})"
+        if history and seconds > 0 else ""
+    )]  # fmt: skip
+    if record.last:
+        lines.append("Validation: " + "; ".join(record.lines()))
+    last = checkpointing.latest_step_dir(run.cfg.output_dir)
+    if last is not None:
+        lines.append(f"Last checkpoint: {last}")
+        if (last / "config.json").is_file():
+            lines.append(
+                f"Try it: tt run generate --config tiny/generate checkpoint_dir={last} "
+                "prompt='...'   (or evaluate it: tt run evaluate --config YOUR_EVAL.yaml "
+                f"checkpoint_dir={last})"
+            )
+    for line in lines:
+        log.info(line)
 
 
 @dataclass

@@ -7,9 +7,11 @@ import pytest
 from omegaconf import OmegaConf
 from tt_recipes.config import ConfigError, apply_overrides, resolve_component
 from tt_recipes.config._torchtune import (
+    CHAT_FORMATS,
     COMPONENTS,
     QUANTIZER_COMPONENT,
     QUANTIZERS,
+    SENTENCEPIECE_TEMPLATES,
     TOKENIZER_COMPONENT,
     TOKENIZER_OPTIONS,
     TOKENIZERS,
@@ -71,8 +73,11 @@ def test_every_tokenizer_reads_its_file_or_directory(torchtune_path):
         node["merges_path" if file_arg == "vocab_path" else "merges_file"] = "/m/merges.txt"
     out, _ = translate(tokenizer=node)
     expected = "/m" if hf else file  # a vocab.json + merges.txt pair: the directory's tokenizer
+    options = dict(TOKENIZER_OPTIONS.get(torchtune_path, {}))
+    if torchtune_path in SENTENCEPIECE_TEMPLATES:  # torchtune's default template, as laid out
+        options["chat_format"] = CHAT_FORMATS[SENTENCEPIECE_TEMPLATES[torchtune_path]]
     assert out["tokenizer"] == {"_component_": TOKENIZER_COMPONENT, "path": expected,
-                                "max_seq_len": 512, **TOKENIZER_OPTIONS.get(torchtune_path, {})}  # fmt: skip
+                                "max_seq_len": 512, **options}  # fmt: skip
     assert callable(resolve_component(TOKENIZER_COMPONENT))
 
 
@@ -249,3 +254,53 @@ def test_overrides_use_the_torchtune_key_names_and_apply_before_the_translation(
     cfg = apply_overrides(cfg, ["model.lora_rank=4"])
     out, _ = from_torchtune(cfg, TRAINING, "tt.yaml")
     assert out.peft.rank == 4
+
+
+def test_torchtunes_ppo_layout_becomes_tts_directories_and_steps():
+    values = {
+        "policy_model": {"_component_": "torchtune.models.mistral.mistral_7b"},
+        "reward_and_value_model": {"_component_": "torchtune.models.mistral._component_builders."
+                                                  "mistral_classifier", "num_classes": 1},
+        "checkpointer": CHECKPOINTER,
+        "ref_policy_checkpointer": {**CHECKPOINTER, "output_dir": "${output_dir}/policy"},
+        "value_checkpointer": {**CHECKPOINTER, "checkpoint_dir": "/rm"},
+        "reward_checkpointer": {**CHECKPOINTER, "checkpoint_dir": "/rm"},
+        "dataset": {"_component_": "torchtune.datasets.text_completion_dataset",
+                    "source": "trl-internal-testing/sentiment-trl-style", "column": "prompt",
+                    "add_eos": False},
+        "optimizer": {"_component_": "torch.optim.AdamW", "lr": 3e-6},
+        "loss": {"_component_": "torchtune.rlhf.loss.PPOLoss", "epsilon": 0.2},
+        "batch_size": 128, "num_steps": 10_000, "ppo_batch_size": 32, "forward_batch_size": 128,
+        "max_generated_tokens": 58, "lmbda": 0.95, "kl_coeff": 0.01,
+    }  # fmt: skip
+    out, _ = translate(load_recipe("ppo").spec.keys, **values)
+    assert out["reward_model"] == {"checkpoint_dir": "/rm"}
+    assert out["value_model"] == {"checkpoint_dir": "/rm"}
+    assert out["dataset"] == {"_component_": "tt_data.prompt_dataset", "chat": False,
+                              "source": "trl-internal-testing/sentiment-trl-style",
+                              "column_map": {"prompt": "prompt"}}  # fmt: skip
+    assert out["value_optimizer"] == out["optimizer"]
+    assert out["loss"] == {"_component_": "tt_recipes.rl.losses.PPOLoss", "epsilon": 0.2}
+    assert (out["max_steps_per_epoch"], out["epochs"], out["num_minibatches"]) == (78, 1, 4)
+    assert (out["max_new_tokens"], out["lam"], out["kl_coef"]) == (58, 0.95, 0.01)
+    assert not {"policy_model", "reward_and_value_model", "ref_policy_checkpointer",
+                "num_steps", "ppo_batch_size", "forward_batch_size"} & set(out)  # fmt: skip
+    assert problems(
+        load_recipe("ppo").spec.keys, **{**values, "forward_batch_size": 16, "ppo_batch_size": 48}
+    ) == [  # fmt: skip
+        "tt.yaml: key 'ppo_batch_size': 48 must divide batch_size 128",
+        "tt.yaml: key 'forward_batch_size': tt scores a step's responses in one batch; set it "
+        "to batch_size",
+    ]
+
+
+def test_sentencepiece_tokenizers_take_torchtunes_template_default_or_null():
+    node = {"_component_": "torchtune.models.llama2.llama2_tokenizer", "path": "/t.model"}
+    assert translate(tokenizer=node)[0]["tokenizer"]["chat_format"] == "torchtune_llama2"
+    plain = translate(tokenizer={**node, "prompt_template": None})[0]["tokenizer"]
+    assert plain["chat_format"] == "torchtune_plain"
+    mistral = {**node, "prompt_template": "torchtune.models.mistral.MistralChatTemplate"}
+    assert translate(tokenizer=mistral)[0]["tokenizer"]["chat_format"] == "torchtune_mistral"
+    _, notes = translate(tokenizer={"_component_": "torchtune.models.phi3.phi3_mini_tokenizer",
+                                    "path": "/p.model"})  # fmt: skip
+    assert any("not yet checked against torchtune's" in note for note in notes)

@@ -45,6 +45,17 @@ def test_full_finetune_learns_and_writes_a_transformers_checkpoint(tiny_full_run
     assert (step_dir / "training_state" / ".metadata").is_file()
     assert (step_dir / "tokenizer.json").is_file(), "tokenizer files travel with the model"
     _logits_equal_transformers(step_dir)
+    # transformers' generate stops at the tokens tt's stops at
+    from tt_data.tokenizers import from_pretrained as tokenizer_from
+
+    tokenizer = tokenizer_from(step_dir)
+    stops = sorted(set(tokenizer.stop_tokens))
+    generation = transformers.GenerationConfig.from_pretrained(step_dir)
+    assert generation.eos_token_id == (stops[0] if len(stops) == 1 else stops)
+    assert (generation.pad_token_id, generation.bos_token_id) == (
+        tokenizer.pad_id,
+        tokenizer.bos_id,
+    )
 
 
 def test_lora_finetune_from_the_full_run_saves_merged_model_and_peft_adapter(
@@ -77,13 +88,18 @@ def test_lora_finetune_from_the_full_run_saves_merged_model_and_peft_adapter(
 def test_save_adapter_weights_only_writes_the_adapter_without_the_merged_model(
     tiny_full_run: Path, tmp_path: Path
 ) -> None:
-    out = tmp_path / "lora"
-    overrides = [f"output_dir={out}", f"checkpointer.checkpoint_dir={tiny_full_run}",
+    out, base = tmp_path / "lora", tmp_path / "base"
+    shutil.copytree(complete_step_dirs(tiny_full_run)[-1], base)
+    (base / "tt_source.json").write_text(
+        '{"repo_id": "acme/tiny", "revision": "main"}'
+    )  # as tt download writes it
+    overrides = [f"output_dir={out}", f"checkpointer.checkpoint_dir={base}",
                  "dataset.n=64", "max_steps_per_epoch=2", *FAST_LORA]  # fmt: skip
     run_recipe("lora_finetune", "tiny/lora", [*overrides, "save_adapter_weights_only=true"])
     (step_dir,) = complete_step_dirs(out)
     assert (step_dir / "adapter" / "adapter_model.safetensors").is_file()
-    assert (step_dir / "adapter" / "adapter_config.json").is_file()
+    adapter_config = json.loads((step_dir / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == "acme/tiny"  # the hub id, not a path
     assert not list(step_dir.glob("model*.safetensors"))  # no merged weights
     assert (step_dir / "training_state").is_dir()  # still resumable
 
@@ -256,6 +272,16 @@ def test_profiler_writes_a_chrome_trace_and_an_operator_table(tmp_path: Path) ->
     assert "ProfilerStep#1" not in names
     table = (profile / "ops_step4.txt").read_text()
     assert "Self CPU" in table and "aten::mm" in table
+
+
+def test_a_finished_run_says_what_it_did_and_where_the_result_is(tmp_path: Path, capsys) -> None:
+    run_recipe("full_finetune", "tiny/full", [f"output_dir={tmp_path}", "dataset.n=640",
+               "batch_size=16", "epochs=1", "max_steps_per_epoch=4", "run_val_every_n_steps=2"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "Finished: 4 steps in " in out and "training loss " in out
+    assert "Validation: val_loss " in out and "(best " in out
+    assert f"Last checkpoint: {tmp_path / 'step_4'}" in out
+    assert f"tt run generate --config tiny/generate checkpoint_dir={tmp_path / 'step_4'}" in out
 
 
 def test_a_profiler_that_records_nothing_says_so(tmp_path: Path) -> None:

@@ -69,3 +69,39 @@ def test_tensorboard_logger_writes_scalars(tmp_path: Path) -> None:
     events = EventAccumulator(str(tmp_path))
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 2.5), (2, 1.5)]
+
+
+def test_multi_logger_sends_every_call_to_each_logger_that_has_it(tmp_path: Path) -> None:
+    from tt_recipes.metric_logging import MultiLogger
+
+    class Minimal:  # a user's logger with log_dict alone
+        def __init__(self) -> None:
+            self.seen: list = []
+
+        def log_dict(self, metrics, step) -> None:
+            self.seen.append((dict(metrics), step))
+
+    disk, minimal = DiskLogger(str(tmp_path), print_to_stdout=False), Minimal()
+    both = MultiLogger([disk, minimal])
+    both.log_config({"lr": 1e-3})
+    both.log_dict({"loss": 0.5}, step=1)
+    both.resumed(1, "step_1")
+    both.close()
+    assert minimal.seen == [({"loss": 0.5}, 1)]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss": 0.5, "step": 1} in [{k: r[k] for k in ("loss", "step") if k in r} for r in rows]
+    with pytest.raises(ValueError, match="at least one logger"):
+        MultiLogger([])
+
+
+def test_validation_record_keeps_the_last_and_best_of_each_metric() -> None:
+    from tt_recipes.metric_logging import ValidationRecord
+
+    record = ValidationRecord()
+    record.log_dict({"loss": 9.0, "val_loss": 0.5, "val_accuracy": 0.6}, step=10)
+    record.log_dict({"val_loss": 0.3, "val_accuracy": 0.9}, step=20)
+    record.log_dict({"val_loss": 0.4, "val_accuracy": 0.8}, step=30)
+    assert record.lines() == [
+        "val_loss 0.4 (best 0.3 at step 20)",
+        "val_accuracy 0.8 (best 0.9 at step 20)",
+    ]

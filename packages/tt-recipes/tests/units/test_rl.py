@@ -348,3 +348,19 @@ def test_the_ppo_losses_by_hand():
     assert values.grad[0, 0] == 0  # the clipped value term holds no gradient for V
     assert values.grad[0, 1] == pytest.approx(0.5 * 0.9)
     assert PPOLoss.units(mask) == 2
+
+
+def test_stop_token_ids_end_responses_besides_the_tokenizers_stop_tokens() -> None:
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+    from tt_recipes.rl.rollout import KVCacheEngine
+
+    tokenizer = SimpleNamespace(stop_tokens=[2], pad_id=0)
+    keys = {"max_new_tokens": 4, "temperature": 1.0, "top_p": None, "top_k": None,
+            "compile_generation": False, "fsdp_reshard_after_forward": True}  # fmt: skip
+    plain = KVCacheEngine.from_config(torch.nn.Linear(1, 1), tokenizer, OmegaConf.create(keys))
+    more = KVCacheEngine.from_config(
+        torch.nn.Linear(1, 1), tokenizer, OmegaConf.create({**keys, "stop_token_ids": [13]})
+    )
+    assert (list(plain.stop_tokens), list(more.stop_tokens)) == ([2], [2, 13])

@@ -27,8 +27,10 @@ class PromptTransform(RowTransform):
     """Row -> ``{"prompt_tokens", "prompt", **columns}``.
 
     ``prompt`` is a string (one user turn, after an optional system prompt) or a list of
-    ``{"role", "content"}`` messages. A prompt longer than ``max_prompt_len`` tokens is an
-    error, never cut: a truncated prompt would ask another question.
+    ``{"role", "content"}`` messages. With ``chat=False`` a string prompt is plain text to
+    continue (bos + its tokens, no chat template: a base model's prompt). A prompt longer than
+    ``max_prompt_len`` tokens is an error, never cut: a truncated prompt would ask another
+    question.
     """
 
     def __init__(
@@ -37,9 +39,13 @@ class PromptTransform(RowTransform):
         column_map: Mapping[str, str] | None = None,
         system_prompt: str | None = None,
         max_prompt_len: int | None = None,
+        chat: bool = True,
     ) -> None:
         super().__init__(column_map)
+        if not chat and system_prompt is not None:
+            raise ValueError("system_prompt needs chat=True (plain-text prompts have no turns)")
         self.tokenizer = tokenizer
+        self.chat = chat
         self.system_prompt = system_prompt
         self.max_prompt_len = max_prompt_len or getattr(tokenizer, "max_seq_len", None)
 
@@ -54,7 +60,10 @@ class PromptTransform(RowTransform):
             if self.system_prompt is not None:
                 messages.insert(0, Message(role="system", content=self.system_prompt))
         truncated_before = getattr(self.tokenizer, "num_truncated", 0)
-        tokens, _ = self.tokenizer.tokenize_messages(messages, add_generation_prompt=True)
+        if self.chat or isinstance(value, list):
+            tokens, _ = self.tokenizer.tokenize_messages(messages, add_generation_prompt=True)
+        else:
+            tokens = self.tokenizer.encode(text, add_bos=True, add_eos=False)
         if getattr(self.tokenizer, "num_truncated", 0) != truncated_before or (
             self.max_prompt_len is not None and len(tokens) > self.max_prompt_len
         ):
@@ -78,14 +87,16 @@ def prompt_dataset(
     split: str = "train",
     system_prompt: str | None = None,
     max_prompt_len: int | None = None,
+    chat: bool = True,
     filter_fn: Callable[[dict], bool] | None = None,
     **load_dataset_kwargs: Any,
 ) -> torch.utils.data.Dataset:
-    """Prompts from a hub dataset or local file (column ``prompt``, or ``column_map``)."""
+    """Prompts from a hub dataset or local file (column ``prompt``, or ``column_map``); with
+    ``chat=False`` plain text for the model to continue."""
     rows = load_rows(source, split, filter_fn, **load_dataset_kwargs)
     if not isinstance(rows, datasets.Dataset):
         raise DataError(f"prompt_dataset needs a map-style dataset; {source!r} is streaming")
-    transform = PromptTransform(tokenizer, column_map, system_prompt, max_prompt_len)
+    transform = PromptTransform(tokenizer, column_map, system_prompt, max_prompt_len, chat)
     _check_rows(rows, transform)
     return TokenizedDataset(rows, transform)
 

@@ -5,6 +5,11 @@ system prompt prepended to the first user turn (Mistral/Llama 2 instruct style).
 ``chat_format="gemma"``: ``<bos><start_of_turn>user\\n{user}<end_of_turn>\\n<start_of_turn>
 model\\n{assistant}<end_of_turn>\\n`` (needs those pieces in the model, as Gemma's has).
 Each segment is encoded separately, so masks follow message boundaries exactly.
+
+``chat_format="torchtune_plain" | "torchtune_llama2" | "torchtune_mistral"`` give the ids
+torchtune 0.6.1 gives for the same messages with its SentencePiece tokenizers (no template,
+``Llama2ChatTemplate``, ``MistralChatTemplate``), so a torchtune config trains on the same
+tokens in tt (see :func:`torchtune_layout`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,19 @@ CHAT_FORMATS: dict[str, tuple[str, str, bool]] = {
 }
 
 
+# torchtune's per-role (prefix, suffix) text around a turn. Llama 2's system turn is folded
+# into every later user turn, after "[INST] "; Mistral's template has no system turn.
+TORCHTUNE_TEMPLATES: dict[str, dict[str, tuple[str, str]]] = {
+    "torchtune_plain": {},
+    "torchtune_llama2": {
+        "system": ("<<SYS>>\n", "\n<</SYS>>\n\n"),
+        "user": ("[INST] ", " [/INST] "),
+    },
+    "torchtune_mistral": {"user": ("[INST] ", " [/INST] "), "assistant": ("", "")},
+}
+WHITESPACE = (" ", "\n", "\t", "\r", "\v")
+
+
 class SentencePieceTokenizer(TruncatingTokenizer):
     """A SentencePiece model file with an instruct chat format."""
 
@@ -36,10 +54,10 @@ class SentencePieceTokenizer(TruncatingTokenizer):
     ) -> None:
         import sentencepiece
 
-        if chat_format not in CHAT_FORMATS:
+        if chat_format not in CHAT_FORMATS and chat_format not in TORCHTUNE_TEMPLATES:
             raise ValueError(
                 f"chat_format {chat_format!r} is not valid for SentencePieceTokenizer; "
-                f"expected one of {sorted(CHAT_FORMATS)}"
+                f"expected one of {sorted([*CHAT_FORMATS, *TORCHTUNE_TEMPLATES])}"
             )
         self._sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
         self.chat_format = chat_format
@@ -74,6 +92,8 @@ class SentencePieceTokenizer(TruncatingTokenizer):
     def _format_messages(
         self, messages: list[Message], add_generation_prompt: bool
     ) -> tuple[list[int], list[bool]]:
+        if self.chat_format in TORCHTUNE_TEMPLATES:
+            return self._torchtune_layout(messages, add_generation_prompt)
         user_fmt, assistant_fmt, end_with_eos = CHAT_FORMATS[self.chat_format]
         tokens = [] if self.bos_id is None else [self.bos_id]
         mask = [True] * len(tokens)
@@ -97,3 +117,62 @@ class SentencePieceTokenizer(TruncatingTokenizer):
             tokens += ids
             mask += [message.masked] * len(ids)
         return tokens, mask
+
+    def _torchtune_layout(
+        self, messages: list[Message], add_generation_prompt: bool
+    ) -> tuple[list[int], list[bool]]:
+        """torchtune's layout: bos where a turn pair starts, eos after each answer (not when
+        prompting for generation), each template and content segment encoded on its own with
+        trailing spaces dropped, and the leading space SentencePiece adds suppressed inside
+        a pair unless the text before ended with a space."""
+        turns = _templated(messages, TORCHTUNE_TEMPLATES[self.chat_format], self.chat_format)
+        tokens: list[int] = []
+        mask: list[bool] = []
+        starts_pair, after_space = True, False
+        for role, masked, segments in turns:
+            if starts_pair and self.bos_id is not None:
+                tokens.append(self.bos_id)
+                mask.append(masked)
+            trim = not starts_pair and not after_space
+            for segment in segments:
+                ids = self._encode_segment(segment.rstrip(" "), trim)
+                tokens += ids
+                mask += [masked] * len(ids)
+            after_space = segments[-1].endswith(" ") if segments else False
+            starts_pair = role == "assistant"
+            if starts_pair and not add_generation_prompt:
+                tokens.append(self.eos_id)
+                mask.append(masked)
+        return tokens, mask
+
+    def _encode_segment(self, text: str, trim_leading_space: bool) -> list[int]:
+        if not trim_leading_space or not self._encodes_whitespace():
+            return self._sp.encode(text)
+        prefix = self._sp.encode("\n")
+        return self._sp.encode("\n" + text)[len(prefix) :]
+
+    def _encodes_whitespace(self) -> bool:
+        return any(self._sp.encode(c) for c in WHITESPACE)
+
+
+def _templated(
+    messages: list[Message], template: dict[str, tuple[str, str]], name: str
+) -> list[tuple[str, bool, list[str]]]:
+    """(role, masked, text segments) per turn, as torchtune's prompt template lays them out."""
+    turns, system = [], []
+    for m in messages:
+        if m.role == "system" and name == "torchtune_llama2":
+            prefix, suffix = template["system"]
+            system = [prefix, m.content, suffix]
+            continue
+        if m.role == "system" and name == "torchtune_mistral":
+            raise ValueError("torchtune's Mistral chat template has no system turn")
+        if m.role not in ("system", "user", "assistant"):
+            raise ValueError(f"role {m.role!r} is not supported by chat_format {name!r}")
+        if m.role in template:
+            prefix, suffix = template[m.role]
+            middle = [*system, m.content] if m.role == "user" else [m.content]
+            turns.append((m.role, m.masked, [prefix, *middle, suffix]))
+        else:
+            turns.append((m.role, m.masked, [m.content]))
+    return turns

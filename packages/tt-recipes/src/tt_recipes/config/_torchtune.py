@@ -63,6 +63,7 @@ COMPONENTS: dict[str, tuple[str, dict[str, str]]] = {
         {"num_output_chunks": "num_chunks"},
     ),
     "torchtune.rlhf.loss.DPOLoss": ("tt_recipes.losses.DPOLoss", {}),
+    "torchtune.rlhf.loss.PPOLoss": ("tt_recipes.rl.losses.PPOLoss", {}),
 }
 
 # torchtune datasets built on chat conversations: their train_on_input is tt's
@@ -117,6 +118,20 @@ TOKENIZER_COMPONENT = "tt_data.tokenizers.from_pretrained"
 TOKENIZER_OPTIONS: dict[str, dict[str, Any]] = {
     "torchtune.models.llama3.llama3_tokenizer": {"append_end_of_text": True},
 }
+# SentencePiece tokenizers: torchtune's default prompt_template of each, and the tt chat_format
+# that lays turns out as torchtune does with a template (None: no template).
+SENTENCEPIECE_TEMPLATES: dict[str, str | None] = {
+    "torchtune.models.llama2.llama2_tokenizer": "torchtune.models.llama2.Llama2ChatTemplate",
+    "torchtune.models.mistral.mistral_tokenizer": "torchtune.models.mistral.MistralChatTemplate",
+    "torchtune.models.gemma.gemma_tokenizer": None,
+}
+CHAT_FORMATS: dict[str | None, str] = {
+    None: "torchtune_plain",
+    "torchtune.models.llama2.Llama2ChatTemplate": "torchtune_llama2",
+    "torchtune.models.mistral.MistralChatTemplate": "torchtune_mistral",
+}
+# Tokenizers whose ids are compared with torchtune's in tests/torchtune_reference.
+TOKENS_CHECKED = ("torchtune.models.llama3.llama3_tokenizer", *SENTENCEPIECE_TEMPLATES)
 
 CHECKPOINTERS = (
     "torchtune.training.FullModelHFCheckpointer",
@@ -190,21 +205,56 @@ def _component(values: Mapping[str, Any], key: str) -> str | None:
 # Sections
 
 
-PPO_KEYS = ("policy_model", "reward_and_value_model", "ref_policy_checkpointer",
-            "value_checkpointer", "reward_checkpointer")  # fmt: skip
+# torchtune PPO keys -> tt's names for the same thing.
+PPO_RENAMES = {"max_generated_tokens": "max_new_tokens", "lmbda": "lam", "kl_coeff": "kl_coef"}
 
 
 def _ppo(values: dict, keys: Mapping[str, Any], notes: Notes, problems: Problems) -> None:
-    """torchtune's PPO config (four checkpointers, text-completion prompts) is not read yet."""
-    found = [k for k in PPO_KEYS if k in values]
-    if found:
+    """torchtune's PPO: a policy builder, one reward-and-value builder and four checkpointers,
+    text-completion prompts, counts in trajectories; tt's: directories and steps."""
+    if "policy_model" not in values and "reward_and_value_model" not in values:
+        return
+    for key in ("policy_model", "reward_and_value_model"):
+        if values.pop(key, None) is not None:
+            notes.append(f"{key}: the architecture in its checkpoint's config.json")
+    _same_model_as_policy(values, "ref_policy_checkpointer", notes, problems)
+    for key, target in (("reward_checkpointer", "reward_model"),
+                        ("value_checkpointer", "value_model")):  # fmt: skip
+        node = values.pop(key, None)
+        if isinstance(node, Mapping):
+            values[target] = {"checkpoint_dir": node.get("checkpoint_dir")}
+            notes.append(f"{key} -> {target}.checkpoint_dir")
+    for old, new in PPO_RENAMES.items():
+        if old in values:
+            values[new] = values.pop(old)
+    batch = values.get("batch_size", 1)
+    if "num_steps" in values:  # trajectories in all; tt counts steps of batch_size prompts
+        values["max_steps_per_epoch"] = max(1, values.pop("num_steps") // batch)
+        values.setdefault("epochs", 1)
+        notes.append(f"num_steps -> max_steps_per_epoch {values['max_steps_per_epoch']}")
+    minibatch = values.pop("ppo_batch_size", batch)
+    if minibatch <= 0 or batch % minibatch:
+        problems.append(f"key 'ppo_batch_size': {minibatch} must divide batch_size {batch}")
+    else:
+        values["num_minibatches"] = batch // minibatch
+    if values.pop("forward_batch_size", batch) != batch:
         problems.append(
-            f"keys {', '.join(found)}: tt does not read torchtune's PPO config yet; tt's ppo "
-            "takes reward_model/value_model directories and a prompt dataset (see `tt cat "
-            "llama3_2/1B_ppo`)"
+            "key 'forward_batch_size': tt scores a step's responses in one batch; set it to "
+            "batch_size"
         )
-        for k in found:
-            values.pop(k)
+    if "optimizer" in values and "value_optimizer" not in values:
+        values["value_optimizer"] = dict(values["optimizer"])  # torchtune: one for both models
+        notes.append("optimizer: also the value model's (value_optimizer)")
+    dataset = values.get("dataset")
+    if isinstance(dataset, dict) and dataset.get(COMPONENT_KEY) == (
+        "torchtune.datasets.text_completion_dataset"
+    ):
+        if dataset.pop("add_eos", True):
+            problems.append("key 'dataset.add_eos': a PPO prompt must not end with eos")
+        dataset[COMPONENT_KEY] = "tt_data.prompt_dataset"
+        dataset["column_map"] = {"prompt": dataset.pop("column", "text")}
+        dataset["chat"] = False
+        notes.append("dataset: text completions -> tt_data.prompt_dataset (chat: false)")
 
 
 def _model(values: dict, keys: Mapping[str, Any], notes: Notes, problems: Problems) -> None:
@@ -216,6 +266,9 @@ def _model(values: dict, keys: Mapping[str, Any], notes: Notes, problems: Proble
             continue
         node = values.pop(key)
         builder = path.rsplit(".", 1)[1]
+        if builder.startswith(("lora_", "qlora_")) and key == "teacher_model":
+            problems.append(f"key '{key}': a teacher with adapters ({path}) is not supported")
+            continue
         if builder.startswith(("lora_", "qlora_")):
             values["peft"] = _peft(node, builder, problems)
             notes.append(f"{key}: {builder}'s LoRA arguments -> peft")
@@ -356,8 +409,10 @@ def _tokenizer(values: dict, keys: Mapping[str, Any], notes: Notes, problems: Pr
     if "max_seq_len" in node:
         out["max_seq_len"] = node.pop("max_seq_len")
     out.update(TOKENIZER_OPTIONS.get(path, {}))
-    template = node.pop("prompt_template", None)
-    if template is not None:
+    template = node.pop("prompt_template", SENTENCEPIECE_TEMPLATES.get(path))
+    if path in SENTENCEPIECE_TEMPLATES and template in CHAT_FORMATS:
+        out["chat_format"] = CHAT_FORMATS[template]
+    elif template is not None:
         # torchtune encodes a template's text and the turn's separately, each stripped of
         # surrounding whitespace: the tokens are not those of any one prompt string.
         problems.append(
@@ -368,7 +423,10 @@ def _tokenizer(values: dict, keys: Mapping[str, Any], notes: Notes, problems: Pr
     for name in node:
         problems.append(f"key 'tokenizer.{name}': tt's tokenizers take no {name!r}")
     values["tokenizer"] = out
-    notes.append(f"tokenizer: {path} -> {TOKENIZER_COMPONENT}")
+    unchecked = (
+        "" if path in TOKENS_CHECKED else " (its ids are not yet checked against torchtune's)"
+    )
+    notes.append(f"tokenizer: {path} -> {TOKENIZER_COMPONENT}{unchecked}")
 
 
 def _losses(values: dict, keys: Mapping[str, Any], notes: Notes, problems: Problems):

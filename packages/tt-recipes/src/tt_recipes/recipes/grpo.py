@@ -107,6 +107,9 @@ SPEC = RecipeSpec(
             int, default=8, min=2, doc="completions per prompt (a group: at least 2 to compare)"
         ),
         "max_new_tokens": ConfigKey(int, default=256, min=1, doc="longest completion"),
+        "stop_token_ids": ConfigKey(
+            list | None, default=None, doc="more ids that end a response (besides the tokenizer's)"
+        ),
         "temperature": ConfigKey(float, default=1.0, min=0),
         "top_p": ConfigKey(float | None, default=None, min=0),
         "top_k": ConfigKey(int | None, default=None, min=1),
@@ -214,7 +217,7 @@ def grpo_step(
         cfg.seed,
         run.progress.step,
         run.tokenizer.decode,
-        run.tokenizer.stop_tokens,
+        engine.stop_tokens,
     )
     generated = time.perf_counter()
     scores = rewards.score(rollouts)

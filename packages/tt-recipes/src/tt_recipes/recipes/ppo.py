@@ -100,6 +100,9 @@ SPEC = RecipeSpec(
             doc="tt_recipes.rl.losses.PPOLoss (epsilon, value_clip_range, value_coeff)",
         ),
         "max_new_tokens": ConfigKey(int, default=128, min=1),
+        "stop_token_ids": ConfigKey(
+            list | None, default=None, doc="more ids that end a response (besides the tokenizer's)"
+        ),
         "temperature": ConfigKey(float, default=1.0, min=0),
         "top_p": ConfigKey(float | None, default=None, min=0),
         "top_k": ConfigKey(int | None, default=None, min=1),
@@ -345,7 +348,7 @@ class PPO:
         run, cfg = self.run, self.run.cfg
         started = time.perf_counter()
         rollouts = generate_rollouts(self.engine, prompts, 1, cfg.seed, run.progress.step,
-                                     run.tokenizer.decode, run.tokenizer.stop_tokens)  # fmt: skip
+                                     run.tokenizer.decode, self.engine.stop_tokens)  # fmt: skip
         generated = time.perf_counter()
         zeros = torch.zeros(len(rollouts))
         (batch,) = training_batches(rollouts, zeros, 1, run.tokenizer.pad_id)

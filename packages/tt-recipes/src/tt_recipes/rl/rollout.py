@@ -90,7 +90,8 @@ class KVCacheEngine:
         """The engine an RL recipe's config describes (its sampling and generation keys)."""
         return cls(
             model,
-            stop_tokens=tokenizer.stop_tokens,
+            # the tokenizer's stop tokens, and any the config adds (e.g. a sentence's end)
+            stop_tokens=[*tokenizer.stop_tokens, *(cfg.get("stop_token_ids") or [])],
             pad_id=tokenizer.pad_id,
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
