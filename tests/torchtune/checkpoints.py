@@ -93,27 +93,18 @@ def write_llama_checkpoint(
     return directory
 
 
-def write_alpaca_rows(path: Path, n: int = 64, seed: int = 0) -> Path:
+def write_rows(path: Path, kind: str, n: int = 64, seed: int = 0) -> Path:
+    """``n`` JSONL rows in a dataset's schema: ``alpaca`` or ``stack_exchange`` (pairs)."""
     rng = random.Random(seed)
-    with path.open("w") as f:
-        for i in range(n):
-            row = {
-                "instruction": " ".join(rng.choices(WORDS, k=6)),
-                "input": " ".join(rng.choices(WORDS, k=3)) if i % 2 else "",
-                "output": " ".join(rng.choices(WORDS, k=8)),
-            }
-            f.write(json.dumps(row) + "\n")
-    return path
 
+    def text(k: int, words: list[str] = WORDS) -> str:
+        return " ".join(rng.choices(words, k=k))
 
-def write_stack_exchange_rows(path: Path, n: int = 64, seed: int = 0) -> Path:
-    rng = random.Random(seed)
-    with path.open("w") as f:
-        for _ in range(n):
-            row = {
-                "question": " ".join(rng.choices(WORDS, k=6)),
-                "response_j": " ".join(rng.choices(WORDS[:12], k=6)),
-                "response_k": " ".join(rng.choices(WORDS[12:], k=6)),
-            }
-            f.write(json.dumps(row) + "\n")
+    rows = {
+        "alpaca": lambda i: {"instruction": text(6), "input": text(3) if i % 2 else "",
+                             "output": text(8)},
+        "stack_exchange": lambda i: {"question": text(6), "response_j": text(6, WORDS[:12]),
+                                     "response_k": text(6, WORDS[12:])},
+    }[kind]  # fmt: skip
+    path.write_text("".join(json.dumps(rows(i)) + "\n" for i in range(n)))
     return path

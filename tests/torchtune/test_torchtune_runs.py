@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from checkpoints import write_alpaca_rows, write_llama_checkpoint, write_stack_exchange_rows
+from checkpoints import write_llama_checkpoint, write_rows
 from torchtune_wheel import shipped_configs
 
 ONE_FILE = ["model.safetensors"]
@@ -70,7 +70,7 @@ def _common(tmp_path: Path, model: Path, rows: Path) -> list[str]:
 def test_sft_config_runs_unchanged(name, adapter, tmp_path):
     config = _config(name)
     model = write_llama_checkpoint(tmp_path / "Llama-3.2-1B", ONE_FILE, tie_embeddings=True)
-    rows = write_alpaca_rows(tmp_path / "alpaca.jsonl")
+    rows = write_rows(tmp_path / "alpaca.jsonl", "alpaca")
     stdout = _tt_run(config.recipe, config.path, _common(tmp_path, model, rows), tmp_path)
     assert "as a torchtune config" in stdout
     _check_run(tmp_path / "out", adapter)
@@ -79,7 +79,7 @@ def test_sft_config_runs_unchanged(name, adapter, tmp_path):
 def test_dpo_config_runs_unchanged(tmp_path):
     config = _config("llama3_1/8B_lora_dpo_single_device")
     model = write_llama_checkpoint(tmp_path / "Llama-3.1-8B", FOUR_SHARDS, tie_embeddings=False)
-    rows = write_stack_exchange_rows(tmp_path / "pairs.jsonl")
+    rows = write_rows(tmp_path / "pairs.jsonl", "stack_exchange")
     _tt_run(config.recipe, config.path, _common(tmp_path, model, rows), tmp_path)
     _check_run(tmp_path / "out", adapter=True)
 
@@ -90,7 +90,7 @@ def test_knowledge_distillation_config_runs_unchanged(tmp_path):
     teacher = write_llama_checkpoint(
         tmp_path / "Llama-3.1-8B", FOUR_SHARDS, tie_embeddings=False, seed=1, dim=192
     )
-    rows = write_alpaca_rows(tmp_path / "alpaca.jsonl")
+    rows = write_rows(tmp_path / "alpaca.jsonl", "alpaca")
     overrides = [
         *_common(tmp_path, student, rows),
         f"teacher_checkpointer.checkpoint_dir={teacher}",

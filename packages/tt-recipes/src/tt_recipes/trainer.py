@@ -698,7 +698,7 @@ def log_summary(
     )]  # fmt: skip
     if record.last:
         lines.append("Validation: " + "; ".join(record.lines()))
-    last = checkpointing.latest_step_dir(run.cfg.output_dir)
+    last = checkpointing.latest_step_dir(checkpointing.checkpoint_root(run.cfg))
     if last is not None:
         lines.append(f"Last checkpoint: {last}")
         if (last / "config.json").is_file():

@@ -282,6 +282,11 @@ def test_a_finished_run_says_what_it_did_and_where_the_result_is(tmp_path: Path,
     assert "Validation: val_loss " in out and "(best " in out
     assert f"Last checkpoint: {tmp_path / 'step_4'}" in out
     assert f"tt run generate --config tiny/generate checkpoint_dir={tmp_path / 'step_4'}" in out
+    elsewhere = tmp_path / "ckpts"  # checkpoints in checkpointer.output_dir: named there
+    run_recipe("full_finetune", "tiny/full", [f"output_dir={tmp_path / 'b'}", "dataset.n=640",
+               "batch_size=16", "epochs=1", "max_steps_per_epoch=2",
+               f"checkpointer.output_dir={elsewhere}"])  # fmt: skip
+    assert f"Last checkpoint: {elsewhere / 'step_2'}" in capsys.readouterr().out
 
 
 def test_a_profiler_that_records_nothing_says_so(tmp_path: Path) -> None:

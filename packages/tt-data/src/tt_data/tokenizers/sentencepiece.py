@@ -14,6 +14,7 @@ tokens in tt (see :func:`torchtune_layout`).
 
 from __future__ import annotations
 
+import functools
 import os
 
 from tt_data.messages import Message
@@ -146,13 +147,18 @@ class SentencePieceTokenizer(TruncatingTokenizer):
         return tokens, mask
 
     def _encode_segment(self, text: str, trim_leading_space: bool) -> list[int]:
-        if not trim_leading_space or not self._encodes_whitespace():
+        if not trim_leading_space or not self._encodes_whitespace:
             return self._sp.encode(text)
-        prefix = self._sp.encode("\n")
-        return self._sp.encode("\n" + text)[len(prefix) :]
+        # "\n" + text, minus the newline's ids: the text without SentencePiece's leading space
+        return self._sp.encode("\n" + text)[self._newline_ids :]
 
+    @functools.cached_property
     def _encodes_whitespace(self) -> bool:
         return any(self._sp.encode(c) for c in WHITESPACE)
+
+    @functools.cached_property
+    def _newline_ids(self) -> int:
+        return len(self._sp.encode("\n"))
 
 
 def _templated(
