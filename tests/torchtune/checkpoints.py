@@ -42,6 +42,39 @@ def write_llama3_ranks(path: Path, num_merges: int = 120) -> int:
     return len(ranks)
 
 
+# Qwen2's pre-tokenizer split, as its tokenizer.json (and torchtune's Qwen2Tokenizer) has it.
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+    r"\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def write_qwen2_tokenizer(root: Path, special_tokens: list[str], eos_token: str) -> Path:
+    """A Qwen2-style byte-level BPE learned on WORDS in ``root``: vocab.json and merges.txt
+    (torchtune's files), tokenizer.json with ``special_tokens`` after the vocabulary and
+    tokenizer_config.json (tt's). Returns tokenizer.json (torchtune's special_tokens_path)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers.trainers import BpeTrainer
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])  # fmt: skip
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                         show_progress=False)  # fmt: skip
+    tokenizer.train_from_iterator([" ".join(WORDS)] * 4 + ["role user assistant system"], trainer)
+    tokenizer.add_special_tokens(special_tokens)
+    root.mkdir(parents=True, exist_ok=True)
+    tokenizer.model.save(str(root))
+    tokenizer.save(str(root / "tokenizer.json"))
+    config = {"bos_token": None, "eos_token": eos_token, "pad_token": "<|endoftext|>"}
+    (root / "tokenizer_config.json").write_text(json.dumps(config))
+    return root / "tokenizer.json"
+
+
 def _merge(word: list[bytes], a: bytes, b: bytes) -> list[bytes]:
     out, i = [], 0
     while i < len(word):

@@ -15,7 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "torchtune"))
-from checkpoints import WORDS, write_llama3_ranks  # noqa: E402
+from checkpoints import WORDS, write_llama3_ranks, write_qwen2_tokenizer  # noqa: E402
 
 try:
     from torchtune.config import instantiate as torchtune_instantiate
@@ -104,19 +104,33 @@ TOKENIZERS = {
     "llama2_plain": ("torchtune.models.llama2.llama2_tokenizer", {"prompt_template": None}),
     "mistral": ("torchtune.models.mistral.mistral_tokenizer", {}),  # MistralChatTemplate
     "gemma": ("torchtune.models.gemma.gemma_tokenizer", {}),  # no template
+    "phi3": ("torchtune.models.phi3.phi3_mini_tokenizer", {}),
+    "qwen2": ("torchtune.models.qwen2.qwen2_tokenizer", {}),
+    "qwen2_5": ("torchtune.models.qwen2_5.qwen2_5_tokenizer", {}),
 }
+# torchtune's Qwen configs all set max_seq_len: null. With a length set, torchtune's Qwen2
+# tokenizer masks the final eos of every sample (its truncate() forces the last mask entry to
+# True, even when nothing is cut), so the model is never taught to stop; tt trains that eos
+# (test_qwen_with_a_max_seq_len_trains_the_final_eos_unlike_torchtune).
+MAX_SEQ_LEN = {"qwen2": None, "qwen2_5": None}
+# Which of the fixture's files each tokenizer reads.
+TOKENIZER_FILES = {"llama3": "llama3", "qwen2": "qwen2", "qwen2_5": "qwen2_5"}
 # Rows with a system turn: torchtune's Mistral template refuses them, and so does tt.
 WITH_SYSTEM = {"instruct_system", "chat_sharegpt", "chat_system", "slimorca", "preference_system"}
 
 
 @pytest.fixture(scope="module")
 def tokenizer_files(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
-    """kind -> (its tokenizer.model, arguments torchtune alone needs). Llama 3: Meta's ranks
+    """kind -> (its tokenizer file, arguments torchtune alone needs). Llama 3: Meta's ranks
     format; torchtune numbers Llama 3's special tokens from 128000 (the real vocabulary's
     size) and tt after the ranks, the same for the real file, so torchtune gets its ids for
-    this size. SentencePiece: a small BPE model with bos, eos and unk."""
+    this size. SentencePiece: a small BPE model with bos, eos and unk (Phi-3's role tokens
+    are ids after it in both). Qwen2/2.5: a byte-level BPE whose special tokens follow its
+    vocabulary, read by torchtune from the tokenizer.json tt reads."""
     import sentencepiece as spm
     from torchtune.models.llama3._tokenizer import LLAMA3_SPECIAL_TOKENS
+    from torchtune.models.qwen2._tokenizer import QWEN2_SPECIAL_TOKENS
+    from torchtune.models.qwen2_5._tokenizer import QWEN2_5_SPECIAL_TOKENS
 
     root = tmp_path_factory.mktemp("tokenizers")
     n = write_llama3_ranks(root / "llama3" / "tokenizer.model")
@@ -130,7 +144,11 @@ def tokenizer_files(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
         root / "llama3" / "tokenizer.model",
         {"special_tokens_path": str(root / "special.json")},
     )
-    return {"llama3": llama3, "sentencepiece": (root / "sp.model", {})}  # fmt: skip
+    qwen = {}
+    for kind, special in (("qwen2", QWEN2_SPECIAL_TOKENS), ("qwen2_5", QWEN2_5_SPECIAL_TOKENS)):
+        tokenizer_json = write_qwen2_tokenizer(root / kind, list(special), "<|endoftext|>")
+        qwen[kind] = (root / kind / "vocab.json", {"special_tokens_path": str(tokenizer_json)})
+    return {"llama3": llama3, "sentencepiece": (root / "sp.model", {}), **qwen}
 
 
 def _write_rows(path: Path, kind: str) -> Path:
@@ -138,13 +156,15 @@ def _write_rows(path: Path, kind: str) -> Path:
     return path
 
 
-def _both(tmp_path, tokenizer_files, tokenizer_kind, builder, args, kind):
+def _both(tmp_path, tokenizer_files, tokenizer_kind, builder, args, kind, max_seq_len=512):
     component, template = TOKENIZERS[tokenizer_kind]
-    file, reference_only = tokenizer_files[
-        "llama3" if tokenizer_kind == "llama3" else "sentencepiece"
-    ]
+    file, reference_only = tokenizer_files[TOKENIZER_FILES.get(tokenizer_kind, "sentencepiece")]
     rows = _write_rows(tmp_path / f"{kind}.jsonl", kind)
-    tokenizer = {"_component_": component, "path": str(file), "max_seq_len": 512, **template}
+    max_seq_len = MAX_SEQ_LEN.get(tokenizer_kind, max_seq_len)
+    tokenizer = {"_component_": component, "path": str(file), "max_seq_len": max_seq_len,
+                 **template}  # fmt: skip
+    if file.name == "vocab.json":  # as torchtune's Qwen configs name the pair (tt drops it)
+        tokenizer["merges_file"] = str(file.with_name("merges.txt"))
     dataset = {"_component_": builder, "source": "json", "data_files": str(rows),
                "split": "train", **args}  # fmt: skip
     reference_tokenizer = torchtune_instantiate(OmegaConf.create({**tokenizer, **reference_only}))
@@ -165,14 +185,15 @@ def _assert_same(reference, ours, keys):
 
 
 @pytest.mark.parametrize("tokenizer", sorted(TOKENIZERS))
-@pytest.mark.parametrize("train_on_input", [False, True])
+@pytest.mark.parametrize("train_on_input", [False, True, "default"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_sft_and_preference_builders_give_torchtunes_tokens(
     case, train_on_input, tokenizer, tmp_path, tokenizer_files
 ):
     builder, args, kind = CASES[case]
-    reference, ours = _both(tmp_path, tokenizer_files, tokenizer, builder,
-                            {**args, "train_on_input": train_on_input}, kind)  # fmt: skip
+    if train_on_input != "default":  # else each builder's own default (alpaca's is True)
+        args = {**args, "train_on_input": train_on_input}
+    reference, ours = _both(tmp_path, tokenizer_files, tokenizer, builder, args, kind)
     if tokenizer == "mistral" and case in WITH_SYSTEM:
         with pytest.raises(ValueError, match="System prompts are not supported"):
             reference[0]
@@ -193,3 +214,19 @@ def test_text_completion_gives_torchtunes_tokens(case, tokenizer, tmp_path, toke
     reference, ours = _both(tmp_path, tokenizer_files, tokenizer,
                             "torchtune.datasets.text_completion_dataset", TEXT_CASES[case], "text")  # fmt: skip
     _assert_same(reference, ours(), {"tokens": "tokens", "labels": "labels"})
+
+
+@pytest.mark.parametrize("tokenizer", ["qwen2", "qwen2_5"])
+def test_qwen_with_a_max_seq_len_trains_the_final_eos_unlike_torchtune(
+    tokenizer, tmp_path, tokenizer_files, monkeypatch
+):
+    monkeypatch.setitem(MAX_SEQ_LEN, tokenizer, 512)
+    builder, args, kind = CASES["alpaca"]
+    args = {**args, "train_on_input": False}
+    reference, ours = _both(tmp_path, tokenizer_files, tokenizer, builder, args, kind)
+    ours = ours()
+    for i in range(ROWS):
+        theirs, mine = reference[i], ours[i]
+        assert list(mine["tokens"]) == [int(t) for t in theirs["tokens"]]
+        assert list(mine["labels"])[:-1] == [int(t) for t in theirs["labels"]][:-1]
+        assert (int(theirs["labels"][-1]), mine["labels"][-1]) == (-100, mine["tokens"][-1])

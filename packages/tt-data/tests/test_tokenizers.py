@@ -117,6 +117,46 @@ def test_hf_missing_template_and_eos_errors(hf_tokenizer_json, tmp_path):
         tok.tokenize_messages([])
 
 
+def test_hf_torchtune_qwen2_layout(hf_dirs, hf_tokenizer_json):
+    """torchtune's Qwen2 turns: the final answer ends with eos, not its own <|im_end|>\\n."""
+    tok = from_pretrained(hf_dirs["chatml"], chat_format="torchtune_qwen2", eos_token="<|im_end|>")
+    tokens, mask = tok.tokenize_messages(apply_masking(WITH_SYSTEM, "train_on_assistant"))
+    assert tok.decode(tokens, skip_special_tokens=False) == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nWhat is 17 + 25?<|im_end|>\n"
+        "<|im_start|>assistant\nThe answer is 42.<|im_end|>\n"
+        "<|im_start|>user\nSummarize this dialogue: Alice met Bob.<|im_end|>\n"
+        "<|im_start|>assistant\nAlice met Bob at the station.<|im_end|>"
+    )  # the whole turn is trained, its header too, as in torchtune
+    assert _trained_text(tok, WITH_SYSTEM) == (
+        "<|im_start|>assistant\nThe answer is 42.<|im_end|>\n"
+        "<|im_start|>assistant\nAlice met Bob at the station.<|im_end|>"
+    )
+    prompt, prompt_mask = tok.tokenize_messages(WITH_SYSTEM[:2], add_generation_prompt=True)
+    assert tok.decode(prompt, skip_special_tokens=False).endswith(
+        "<|im_end|>\n<|im_start|>assistant\n"
+    )
+    with pytest.raises(ValueError, match="role 'tool' is not supported by chat_format"):
+        tok.tokenize_messages([Message("tool", "{}")])
+    with pytest.raises(ValueError, match=r"chat_format 'qwen9' is not valid"):
+        HFTokenizer(hf_tokenizer_json, config={"eos_token": "</s>"}, chat_format="qwen9")
+
+
+def test_sentencepiece_torchtune_phi3_layout(sp_model):
+    """torchtune's Phi-3 turns: role ids after the model's pieces, <|end|> after each turn."""
+    tok = SentencePieceTokenizer(sp_model, chat_format="torchtune_phi3")
+    tokens, mask = tok.tokenize_messages(apply_masking(WITHOUT_SYSTEM[:2], "train_on_assistant"))
+    newline = tok._sp.encode("\n")
+    user, assistant, end = 32010, 32001, 32007
+    first_answer = tokens.index(assistant)
+    assert tokens[:2] == [tok.bos_id, user] and tokens[-1 - len(newline)] == end
+    assert tokens[first_answer + 1 : first_answer + 1 + len(newline)] == newline
+    assert tok.decode([t for t in tokens if t < tok._sp.get_piece_size()]).count("42") == 1
+    assert mask == [True] * first_answer + [False] * (len(tokens) - first_answer)
+    assert tok.vocab_size == 32011 and {32000, end} <= set(tok.stop_tokens)
+    assert tok.encode("a")[-1] == tok.eos_id == tok._sp.eos_id()  # text ends with </s>
+
+
 def test_from_pretrained_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         from_pretrained(tmp_path / "missing")

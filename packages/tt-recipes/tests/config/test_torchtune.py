@@ -9,6 +9,7 @@ from tt_recipes.config import ConfigError, apply_overrides, resolve_component
 from tt_recipes.config._torchtune import (
     CHAT_FORMATS,
     COMPONENTS,
+    DATASET_DEFAULTS,
     QUANTIZER_COMPONENT,
     QUANTIZERS,
     SENTENCEPIECE_TEMPLATES,
@@ -57,6 +58,7 @@ def test_every_component_alias_names_an_importable_tt_component(torchtune_path):
     out, notes = translate(dataset=node)
     # torchtune's samsum and grammar apply no template of their own
     extra = {"prompt_template": None} if torchtune_path in UNTEMPLATED_DATASETS else {}
+    extra.update(DATASET_DEFAULTS.get(torchtune_path, {}))  # alpaca's train_on_input: True
     assert out["dataset"] == {"_component_": target, **{new: 3 for new in renames.values()},
                               **extra}  # fmt: skip
     assert f"dataset: {torchtune_path} -> {target}" in notes
@@ -301,6 +303,19 @@ def test_sentencepiece_tokenizers_take_torchtunes_template_default_or_null():
     assert plain["chat_format"] == "torchtune_plain"
     mistral = {**node, "prompt_template": "torchtune.models.mistral.MistralChatTemplate"}
     assert translate(tokenizer=mistral)[0]["tokenizer"]["chat_format"] == "torchtune_mistral"
-    _, notes = translate(tokenizer={"_component_": "torchtune.models.phi3.phi3_mini_tokenizer",
-                                    "path": "/p.model"})  # fmt: skip
-    assert any("not yet checked against torchtune's" in note for note in notes)
+    phi3, _ = translate(tokenizer={"_component_": "torchtune.models.phi3.phi3_mini_tokenizer",
+                                   "path": "/p.model"})  # fmt: skip
+    assert phi3["tokenizer"] == {"_component_": "tt_data.tokenizers.from_pretrained",
+                                 "path": "/p.model", "chat_format": "torchtune_phi3"}  # fmt: skip
+
+
+def test_qwen_tokenizers_read_the_vocab_directory_with_torchtunes_layout_and_eos():
+    for path in ("torchtune.models.qwen2.qwen2_tokenizer",
+                 "torchtune.models.qwen2_5.qwen2_5_tokenizer"):  # fmt: skip
+        out, notes = translate(tokenizer={"_component_": path, "path": "/q/vocab.json",
+                                          "merges_file": "/q/merges.txt", "max_seq_len": 64})  # fmt: skip
+        assert out["tokenizer"] == {"_component_": "tt_data.tokenizers.from_pretrained",
+                                    "path": "/q", "max_seq_len": 64,
+                                    "chat_format": "torchtune_qwen2",
+                                    "eos_token": "<|im_end|>"}  # fmt: skip
+        assert not any("not yet checked" in note for note in notes)

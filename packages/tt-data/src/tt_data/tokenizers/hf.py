@@ -13,6 +13,11 @@ the prefix with ``add_generation_prompt=True``, or else by locating the content 
 end of its segment, so its end-of-turn token is trained. A token is trained when its
 characters overlap a trained span. This works for templates without ``{% generation %}``
 tags, which is most of them.
+
+``chat_format="torchtune_qwen2"`` instead gives the ids torchtune 0.6.1's Qwen2/Qwen2.5
+tokenizers give (no template: ``<|im_start|>{role}\\n`` and the content encoded on their own,
+``<|im_end|>\\n`` after every turn but a final answer, then eos), so a torchtune config trains
+on the same tokens in tt.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from tt_data.messages import Message
 from tt_data.tokenizers.protocol import TruncatingTokenizer
 
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
+CHAT_FORMATS = (None, "torchtune_qwen2")  # None: the model's own chat template
 
 
 class _GenerationTag(Extension):
@@ -103,10 +109,20 @@ class HFTokenizer(TruncatingTokenizer):
         chat_template: str | None = None,
         generation_config: dict[str, Any] | None = None,
         max_seq_len: int | None = None,
+        chat_format: str | None = None,
+        eos_token: str | None = None,
     ) -> None:
+        if chat_format not in CHAT_FORMATS:
+            raise ValueError(
+                f"chat_format {chat_format!r} is not valid for HFTokenizer; expected one of "
+                f"{list(CHAT_FORMATS)} (null: the model's chat template)"
+            )
         self._tok = Tokenizer.from_file(str(tokenizer_json))
         self._source = str(tokenizer_json)
+        self.chat_format = chat_format
         self.config = dict(config or {})
+        if eos_token is not None:  # e.g. torchtune's Qwen2.5 ends every sample with <|im_end|>
+            self.config["eos_token"] = eos_token
         self.special_tokens = {k: _token_content(self.config.get(k)) for k in SPECIAL_TOKEN_KEYS}
         self.bos_id = self._id_of("bos_token")
         eos_id = self._id_of("eos_token")
@@ -168,11 +184,49 @@ class HFTokenizer(TruncatingTokenizer):
     def _format_messages(
         self, messages: list[Message], add_generation_prompt: bool
     ) -> tuple[list[int], list[bool]]:
+        if self.chat_format == "torchtune_qwen2":
+            return self._torchtune_qwen2_layout(messages, add_generation_prompt)
         text = self.render(messages, add_generation_prompt)
         encoding = self._tok.encode(text, add_special_tokens=False)
         spans = self._trained_spans(messages, text, encoding)
         mask = [not _overlaps(offset, spans) for offset in encoding.offsets]
         return list(encoding.ids), mask
+
+    def _torchtune_qwen2_layout(
+        self, messages: list[Message], add_generation_prompt: bool
+    ) -> tuple[list[int], list[bool]]:
+        """torchtune's Qwen2 layout: a final answer has no <|im_end|>\\n of its own; eos (with
+        the last turn's mask) ends the sample instead."""
+        start, end = self._special_id("<|im_start|>"), self._special_id("<|im_end|>")
+        tokens: list[int] = []
+        mask: list[bool] = []
+        for i, message in enumerate(messages):
+            if message.role not in ("system", "user", "assistant"):
+                raise ValueError(
+                    f"role {message.role!r} is not supported by chat_format 'torchtune_qwen2'; "
+                    "use system, user or assistant"
+                )
+            ids = [start, *self._plain(f"{message.role}\n"), *self._plain(message.content)]
+            if message.role != "assistant" or i != len(messages) - 1:
+                ids += [end, *self._plain("\n")]
+            tokens += ids
+            mask += [message.masked] * len(ids)
+        if add_generation_prompt:
+            ids = [start, *self._plain("assistant\n")]
+            return tokens + ids, mask + [True] * len(ids)
+        return [*tokens, self.eos_id], [*mask, mask[-1]]
+
+    def _plain(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def _special_id(self, content: str) -> int:
+        found = self._tok.token_to_id(content)
+        if found is None:
+            raise ValueError(
+                f"{self._source}: chat_format {self.chat_format!r} needs the token "
+                f"{content!r}, which this tokenizer does not have"
+            )
+        return found
 
     def _trained_spans(
         self, messages: list[Message], text: str, encoding: Any
@@ -218,8 +272,11 @@ class HFTokenizer(TruncatingTokenizer):
         )
 
     @classmethod
-    def from_dir(cls, path: str | os.PathLike, max_seq_len: int | None = None) -> HFTokenizer:
-        """Load ``tokenizer.json`` with ``tokenizer_config.json`` / ``chat_template.jinja``."""
+    def from_dir(
+        cls, path: str | os.PathLike, max_seq_len: int | None = None, **kwargs: Any
+    ) -> HFTokenizer:
+        """Load ``tokenizer.json`` with ``tokenizer_config.json`` / ``chat_template.jinja``;
+        ``kwargs`` are the constructor's (``chat_format``, ``eos_token``)."""
         path = Path(path)
         config = _read_json(path / "tokenizer_config.json")
         template = config.get("chat_template")
@@ -234,6 +291,7 @@ class HFTokenizer(TruncatingTokenizer):
             chat_template=template,
             generation_config=_read_json(path / "generation_config.json"),
             max_seq_len=max_seq_len,
+            **kwargs,
         )
 
 

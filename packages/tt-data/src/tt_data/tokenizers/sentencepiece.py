@@ -9,7 +9,9 @@ Each segment is encoded separately, so masks follow message boundaries exactly.
 ``chat_format="torchtune_plain" | "torchtune_llama2" | "torchtune_mistral"`` give the ids
 torchtune 0.6.1 gives for the same messages with its SentencePiece tokenizers (no template,
 ``Llama2ChatTemplate``, ``MistralChatTemplate``), so a torchtune config trains on the same
-tokens in tt (see :func:`torchtune_layout`).
+tokens in tt (see :func:`torchtune_layout`). ``chat_format="torchtune_phi3"`` does the same for
+torchtune's Phi-3 mini tokenizer: Phi-3's role tokens are not pieces of its SentencePiece
+model but ids after them (``PHI3_SPECIAL_TOKENS``, as in its ``tokenizer.json``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,14 @@ TORCHTUNE_TEMPLATES: dict[str, dict[str, tuple[str, str]]] = {
     "torchtune_mistral": {"user": ("[INST] ", " [/INST] "), "assistant": ("", "")},
 }
 WHITESPACE = (" ", "\n", "\t", "\r", "\v")
+# Phi-3 mini's added tokens (its tokenizer.json; torchtune's table), after the 32000 pieces.
+PHI3_SPECIAL_TOKENS = {
+    "<|endoftext|>": 32000,
+    "<|assistant|>": 32001,
+    "<|system|>": 32006,
+    "<|end|>": 32007,
+    "<|user|>": 32010,
+}
 
 
 class SentencePieceTokenizer(TruncatingTokenizer):
@@ -55,10 +65,11 @@ class SentencePieceTokenizer(TruncatingTokenizer):
     ) -> None:
         import sentencepiece
 
-        if chat_format not in CHAT_FORMATS and chat_format not in TORCHTUNE_TEMPLATES:
+        valid = [*CHAT_FORMATS, *TORCHTUNE_TEMPLATES, "torchtune_phi3"]
+        if chat_format not in valid:
             raise ValueError(
                 f"chat_format {chat_format!r} is not valid for SentencePieceTokenizer; "
-                f"expected one of {sorted([*CHAT_FORMATS, *TORCHTUNE_TEMPLATES])}"
+                f"expected one of {sorted(valid)}"
             )
         self._sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
         self.chat_format = chat_format
@@ -71,12 +82,19 @@ class SentencePieceTokenizer(TruncatingTokenizer):
         end_of_turn = self._sp.piece_to_id("<end_of_turn>")
         has_end_of_turn = end_of_turn != self._sp.unk_id()
         self.stop_tokens = sorted({self.eos_id, *([end_of_turn] if has_end_of_turn else [])})
+        if chat_format == "torchtune_phi3":
+            # Text still ends with the model's </s> (as in torchtune); generation also stops
+            # at Phi-3's end of text and end of turn.
+            ends = (PHI3_SPECIAL_TOKENS["<|endoftext|>"], PHI3_SPECIAL_TOKENS["<|end|>"])
+            self.stop_tokens = sorted({self.eos_id, *ends})
         self.max_seq_len = max_seq_len
         self.num_truncated = 0
 
     @property
     def vocab_size(self) -> int:
-        """Number of pieces."""
+        """Number of ids: the pieces, and Phi-3's added tokens after them."""
+        if self.chat_format == "torchtune_phi3":
+            return max(self._sp.get_piece_size(), max(PHI3_SPECIAL_TOKENS.values()) + 1)
         return self._sp.get_piece_size()
 
     def encode(self, text: str, add_bos: bool = True, add_eos: bool = True) -> list[int]:
@@ -95,6 +113,8 @@ class SentencePieceTokenizer(TruncatingTokenizer):
     ) -> tuple[list[int], list[bool]]:
         if self.chat_format in TORCHTUNE_TEMPLATES:
             return self._torchtune_layout(messages, add_generation_prompt)
+        if self.chat_format == "torchtune_phi3":
+            return self._torchtune_phi3_layout(messages, add_generation_prompt)
         user_fmt, assistant_fmt, end_with_eos = CHAT_FORMATS[self.chat_format]
         tokens = [] if self.bos_id is None else [self.bos_id]
         mask = [True] * len(tokens)
@@ -144,6 +164,30 @@ class SentencePieceTokenizer(TruncatingTokenizer):
             if starts_pair and not add_generation_prompt:
                 tokens.append(self.eos_id)
                 mask.append(masked)
+        return tokens, mask
+
+    def _torchtune_phi3_layout(
+        self, messages: list[Message], add_generation_prompt: bool
+    ) -> tuple[list[int], list[bool]]:
+        """torchtune's Phi-3 layout: bos, then ``<|role|>\\n{content}<|end|>\\n`` per turn,
+        the content without SentencePiece's leading space or trailing spaces; no eos."""
+        newline = self._sp.encode("\n")
+        tokens = [] if self.bos_id is None else [self.bos_id]
+        mask = [messages[0].masked] * len(tokens)
+        for message in messages:
+            role = PHI3_SPECIAL_TOKENS.get(f"<|{message.role}|>")
+            if role is None:
+                raise ValueError(
+                    f"role {message.role!r} is not supported by chat_format 'torchtune_phi3'; "
+                    "use system, user or assistant"
+                )
+            content = self._encode_segment(message.content.rstrip(" "), True)
+            ids = [role, *newline, *content, PHI3_SPECIAL_TOKENS["<|end|>"], *newline]
+            tokens += ids
+            mask += [message.masked] * len(ids)
+        if add_generation_prompt:
+            ids = [PHI3_SPECIAL_TOKENS["<|assistant|>"], *newline]
+            tokens, mask = tokens + ids, mask + [True] * len(ids)
         return tokens, mask
 
     def _encode_segment(self, text: str, trim_leading_space: bool) -> list[int]:

@@ -77,6 +77,11 @@ CHAT_DATASETS = (
 )
 # torchtune's samsum and grammar builders format nothing: a prompt template comes from the
 # tokenizer's prompt_template, if any. tt's builders hold their template themselves.
+# torchtune builder defaults that differ from tt's: set when the config leaves them out.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "torchtune.datasets.alpaca_dataset": {"train_on_input": True},
+    "torchtune.datasets.alpaca_cleaned_dataset": {"train_on_input": True},
+}
 UNTEMPLATED_DATASETS = (
     "torchtune.datasets.samsum_dataset",
     "torchtune.datasets.grammar_dataset",
@@ -115,8 +120,12 @@ TOKENIZERS: dict[str, str] = {
 TOKENIZER_SIBLING_FILES = ("merges_file", "merges_path")
 TOKENIZER_COMPONENT = "tt_data.tokenizers.from_pretrained"
 # What tt's tokenizer needs to give the ids torchtune's gives, beyond the file.
+TORCHTUNE_QWEN2 = {"chat_format": "torchtune_qwen2", "eos_token": "<|im_end|>"}
 TOKENIZER_OPTIONS: dict[str, dict[str, Any]] = {
     "torchtune.models.llama3.llama3_tokenizer": {"append_end_of_text": True},
+    "torchtune.models.qwen2.qwen2_tokenizer": TORCHTUNE_QWEN2,
+    "torchtune.models.qwen2_5.qwen2_5_tokenizer": TORCHTUNE_QWEN2,
+    "torchtune.models.phi3.phi3_mini_tokenizer": {"chat_format": "torchtune_phi3"},
 }
 # SentencePiece tokenizers: torchtune's default prompt_template of each, and the tt chat_format
 # that lays turns out as torchtune does with a template (None: no template).
@@ -131,7 +140,7 @@ CHAT_FORMATS: dict[str | None, str] = {
     "torchtune.models.mistral.MistralChatTemplate": "torchtune_mistral",
 }
 # Tokenizers whose ids are compared with torchtune's in tests/torchtune_reference.
-TOKENS_CHECKED = ("torchtune.models.llama3.llama3_tokenizer", *SENTENCEPIECE_TEMPLATES)
+TOKENS_CHECKED = (*TOKENIZER_OPTIONS, *SENTENCEPIECE_TEMPLATES)
 
 CHECKPOINTERS = (
     "torchtune.training.FullModelHFCheckpointer",
@@ -562,6 +571,8 @@ def _unsupported_value(name: str, value: Any, only: Any) -> str:
 
 def _dataset_args(node: dict[str, Any], path: str) -> None:
     """A torchtune dataset builder's arguments in tt's words (same rows, same tokens)."""
+    for name, value in DATASET_DEFAULTS.get(path, {}).items():
+        node.setdefault(name, value)
     if "new_system_prompt" in node:
         node["system_prompt"] = node.pop("new_system_prompt")
     if path in CHAT_DATASETS and "train_on_input" in node:
