@@ -318,4 +318,7 @@ def test_qwen_tokenizers_read_the_vocab_directory_with_torchtunes_layout_and_eos
                                     "path": "/q", "max_seq_len": 64,
                                     "chat_format": "torchtune_qwen2",
                                     "eos_token": "<|im_end|>"}  # fmt: skip
-        assert not any("not yet checked" in note for note in notes)
+        assert notes == [f"tokenizer: {path} -> tt_data.tokenizers.from_pretrained"]
+    _, notes = translate(tokenizer={"_component_": "torchtune.models.phi4.phi4_tokenizer",
+                                    "vocab_path": "/p/vocab.json", "merges_path": "/p/merges.txt"})  # fmt: skip
+    assert "Phi-4's own tokenizer.json and chat template" in notes[0]
