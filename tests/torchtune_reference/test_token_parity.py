@@ -230,3 +230,36 @@ def test_qwen_with_a_max_seq_len_trains_the_final_eos_unlike_torchtune(
         assert list(mine["tokens"]) == [int(t) for t in theirs["tokens"]]
         assert list(mine["labels"])[:-1] == [int(t) for t in theirs["labels"]][:-1]
         assert (int(theirs["labels"][-1]), mine["labels"][-1]) == (-100, mine["tokens"][-1])
+
+
+# SFT builders x tokenizers that can pack (Mistral's refusal of system turns is tested above).
+PACKED = [(case, tokenizer) for case, (_, _, kind) in sorted(CASES.items())
+          if kind not in ("pairs", "pair_messages")
+          for tokenizer in sorted(set(TOKENIZERS) - set(MAX_SEQ_LEN))
+          if not (tokenizer == "mistral" and case in WITH_SYSTEM)]  # fmt: skip
+# Text: documents whole, as tt packs them (torchtune's default splits them; tt says so).
+TEXT_PACKED = ("torchtune.datasets.text_completion_dataset",
+               {"column": "text", "split_across_pack": False}, "text")  # fmt: skip
+PACKED += [
+    ("text_completion", tokenizer) for tokenizer in sorted(set(TOKENIZERS) - set(MAX_SEQ_LEN))
+]
+
+
+@pytest.mark.parametrize(("case", "tokenizer"), PACKED)
+def test_packed_sft_builders_give_torchtunes_packs(case, tokenizer, tmp_path, tokenizer_files):
+    """`packed: true`: the same rows in the same packs (greedy, in order, none split), each
+    document's positions from 0. Padding is only compared by its labels (-100 in both):
+    torchtune pads tokens with id 0, tt with the tokenizer's pad id; neither is trained or
+    attended to. (Qwen is left out: packing needs a max_seq_len, see MAX_SEQ_LEN.)"""
+    builder, args, kind = CASES.get(case) or TEXT_PACKED
+    reference, ours = _both(tmp_path, tokenizer_files, tokenizer, builder,
+                            {**args, "packed": True}, kind, max_seq_len=256)  # fmt: skip
+    ours = ours()
+    assert len(ours) == len(reference) > 1
+    for i in range(len(reference)):
+        theirs, mine = reference[i], ours[i]
+        used = int(sum(theirs["seq_lens"][: len(set(mine["document_ids"]) - {-1})]))
+        assert list(mine["labels"]) == [int(t) for t in theirs["labels"]], i
+        assert list(mine["tokens"])[:used] == [int(t) for t in theirs["tokens"]][:used], i
+        assert list(mine["input_pos"])[:used] == [int(t) for t in theirs["input_pos"]][:used]
+        assert mine["document_ids"][used:] == [-1] * (256 - used)

@@ -322,3 +322,15 @@ def test_qwen_tokenizers_read_the_vocab_directory_with_torchtunes_layout_and_eos
     _, notes = translate(tokenizer={"_component_": "torchtune.models.phi4.phi4_tokenizer",
                                     "vocab_path": "/p/vocab.json", "merges_path": "/p/merges.txt"})  # fmt: skip
     assert "Phi-4's own tokenizer.json and chat template" in notes[0]
+
+
+def test_packed_text_completion_must_not_split_documents_as_torchtunes_default_does():
+    node = {"_component_": "torchtune.datasets.text_completion_dataset", "source": "json",
+            "packed": True}  # fmt: skip
+    assert problems(load_recipe("full_finetune").spec.keys, dataset=node) == [
+        "tt.yaml: key 'dataset.split_across_pack': tt packs whole documents only; torchtune "
+        "splits them across packs by default, so set split_across_pack: false"
+    ]
+    out, _ = translate(dataset={**node, "split_across_pack": False})
+    assert out["dataset"] == {"_component_": "tt_data.text_completion_dataset",
+                              "source": "json", "packed": True}  # fmt: skip

@@ -575,8 +575,16 @@ def _unsupported_value(name: str, value: Any, only: Any) -> str:
     return f"key '{name}': tt supports only {name}: {only} (got {value!r})"
 
 
-def _dataset_args(node: dict[str, Any], path: str) -> None:
+def _dataset_args(node: dict[str, Any], path: str, where: str, problems: Problems) -> None:
     """A torchtune dataset builder's arguments in tt's words (same rows, same tokens)."""
+    if path.endswith("text_completion_dataset"):
+        # torchtune's text packs cut documents at the pack boundary by default; tt's never do.
+        split = node.pop("split_across_pack", True)
+        if split and node.get("packed"):
+            problems.append(
+                f"key '{where}.split_across_pack': tt packs whole documents only; torchtune "
+                "splits them across packs by default, so set split_across_pack: false"
+            )
     for name, value in DATASET_DEFAULTS.get(path, {}).items():
         node.setdefault(name, value)
     if "new_system_prompt" in node:
@@ -600,7 +608,7 @@ def _rename_components(value: Any, notes: Notes, problems: Problems, where: str 
         path = value.get(COMPONENT_KEY)
         if isinstance(path, str) and path.startswith(PREFIX):
             if path.startswith("torchtune.datasets."):
-                _dataset_args(value, path)
+                _dataset_args(value, path, where, problems)
             if path in COMPONENTS:
                 target, renames = COMPONENTS[path]
                 for old, new in renames.items():
