@@ -34,7 +34,7 @@ PACKAGES: dict[str, tuple[list[str], list[str]]] = {
     "tt-dist": ([], []),
     "tt-recipes": (
         ["tt-models", "tt-peft", "tt-data", "tt-ckpt", "tt-dist"],
-        ["tensorboard", "wandb", "eval"],
+        ["tensorboard", "wandb", "eval", "mlflow", "comet"],
     ),
     "tt-cli": (["tt-models", "tt-peft", "tt-data", "tt-ckpt", "tt-dist", "tt-recipes"], ["plot"]),
 }

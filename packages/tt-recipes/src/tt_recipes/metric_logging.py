@@ -1,4 +1,4 @@
-"""Metric loggers: stdout, JSONL on disk, Weights & Biases, TensorBoard.
+"""Metric loggers: stdout, JSONL on disk, Weights & Biases, TensorBoard, MLflow, Comet.
 
 Every logger has ``log_dict(metrics, step)``, ``log_samples(samples, step)`` (a few example
 records, e.g. RL's prompt / completion / reward), ``log_config(config)``, ``resumed(step,
@@ -302,3 +302,146 @@ class TensorBoardLogger:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def flat_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``config`` as ``{"a.b": "value"}``: trackers whose parameters are flat strings."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flat_params(value, f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, str) else json.dumps(value, default=str)
+    return flat
+
+
+class MLflowLogger:
+    """An MLflow run in ``experiment_name`` at ``tracking_uri`` (else MLflow's own default:
+    ``MLFLOW_TRACKING_URI``). ``run_id`` continues an existing run, as after a resume."""
+
+    def __init__(
+        self,
+        experiment_name: str | None = None,
+        tracking_uri: str | None = None,
+        run_id: str | None = None,
+        run_name: str | None = None,
+        print_to_stdout: bool = True,
+    ):
+        try:
+            from mlflow.tracking import MlflowClient
+        except ImportError as e:
+            raise ImportError(
+                "metric_logger MLflowLogger needs mlflow: pip install 'tt-recipes[mlflow]'"
+            ) from e
+        self._stdout = StdoutLogger() if print_to_stdout else None
+        self._client, self._run_id = None, None
+        if not _is_rank_zero():
+            return
+        self._client = MlflowClient(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+        self._run_id = run_id or os.environ.get("MLFLOW_RUN_ID")
+        if self._run_id is None:
+            name = experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME", "tt")
+            experiment = self._client.get_experiment_by_name(name)
+            experiment_id = (
+                experiment.experiment_id if experiment else self._client.create_experiment(name)
+            )
+            self._run_id = self._client.create_run(experiment_id, run_name=run_name).info.run_id
+
+    def log_dict(self, metrics: Mapping[str, float], step: int) -> None:
+        if self._client is not None:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+            self._client.log_batch(self._run_id, metrics=batch)
+        if self._stdout is not None:
+            self._stdout.log_dict(metrics, step)
+
+    def log_samples(self, samples: list[Mapping[str, Any]], step: int) -> None:
+        if self._client is not None and samples:
+            text = "\n\n".join(format_sample(sample, width=10_000) for sample in samples)
+            self._client.log_text(self._run_id, text, f"samples/step_{step}.txt")
+        if self._stdout is not None:
+            self._stdout.log_samples(samples, step)
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        if self._client is not None:
+            from mlflow.entities import Param
+
+            params = [Param(k, v) for k, v in flat_params(config).items()]
+            for start in range(0, len(params), 100):  # MLflow takes 100 params per batch
+                self._client.log_batch(self._run_id, params=params[start : start + 100])
+            self._client.log_dict(self._run_id, dict(config), "config.json")
+
+    def resumed(self, step: int, checkpoint: str) -> None:
+        if self._client is not None:
+            self._client.set_tag(self._run_id, f"resumed_at_step_{step}", checkpoint)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.set_terminated(self._run_id)
+            self._client = None
+
+
+class CometLogger:
+    """A Comet experiment (``comet_ml.start``); ``online=False`` writes it to a local archive
+    (``offline_directory``, or COMET_OFFLINE_DIRECTORY) for ``comet upload`` later."""
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        workspace: str | None = None,
+        project: str | None = None,
+        experiment_key: str | None = None,
+        mode: str | None = None,
+        online: bool | None = None,
+        experiment_name: str | None = None,
+        tags: list[str] | None = None,
+        log_code: bool = True,
+        print_to_stdout: bool = True,
+        **config_kwargs: Any,
+    ):
+        try:
+            import comet_ml
+        except ImportError as e:
+            raise ImportError(
+                "metric_logger CometLogger needs comet_ml: pip install 'tt-recipes[comet]'"
+            ) from e
+        self._stdout = StdoutLogger() if print_to_stdout else None
+        self._experiment = None
+        if _is_rank_zero():
+            config = comet_ml.ExperimentConfig(
+                log_code=log_code, tags=tags, name=experiment_name, **config_kwargs
+            )
+            self._experiment = comet_ml.start(
+                api_key=api_key, workspace=workspace, project=project,
+                experiment_key=experiment_key, mode=mode, online=online,
+                experiment_config=config,
+            )  # fmt: skip
+
+    def log_dict(self, metrics: Mapping[str, float], step: int) -> None:
+        if self._experiment is not None:
+            self._experiment.log_metrics(dict(metrics), step=step)
+        if self._stdout is not None:
+            self._stdout.log_dict(metrics, step)
+
+    def log_samples(self, samples: list[Mapping[str, Any]], step: int) -> None:
+        if self._experiment is not None and samples:
+            text = "\n\n".join(format_sample(sample, width=10_000) for sample in samples)
+            self._experiment.log_text(text, step=step)
+        if self._stdout is not None:
+            self._stdout.log_samples(samples, step)
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        if self._experiment is not None:
+            self._experiment.log_parameters(flat_params(config))
+
+    def resumed(self, step: int, checkpoint: str) -> None:
+        if self._experiment is not None:
+            self._experiment.log_other(f"resumed_at_step_{step}", checkpoint)
+
+    def close(self) -> None:
+        if self._experiment is not None:
+            self._experiment.end()
+            self._experiment = None

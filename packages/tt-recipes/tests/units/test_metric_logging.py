@@ -1,17 +1,21 @@
-"""Every metric logger writes what it was given: JSONL, wandb (offline), TensorBoard.
+"""Every metric logger writes what it was given: JSONL, wandb (offline), TensorBoard, MLflow
+(a local file store), Comet (an offline archive).
 
-The wandb and tensorboard extras are installed in the tt-recipes test session on purpose:
+The wandb, tensorboard, mlflow and comet extras are installed in the tt-recipes test session on purpose:
 these tests must run, not skip.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
 from tt_recipes.metric_logging import (
+    CometLogger,
     DiskLogger,
+    MLflowLogger,
     StdoutLogger,
     TensorBoardLogger,
     WandBLogger,
@@ -104,4 +108,50 @@ def test_validation_record_keeps_the_last_and_best_of_each_metric() -> None:
     assert record.lines() == [
         "val_loss 0.4 (best 0.3 at step 20)",
         "val_accuracy 0.8 (best 0.9 at step 20)",
+    ]
+
+
+def test_mlflow_logger_writes_metrics_params_and_samples(tmp_path: Path, monkeypatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # no database in a test
+    uri = (tmp_path / "mlruns").as_uri()
+    logger = MLflowLogger(experiment_name="tt-test", tracking_uri=uri, print_to_stdout=False)
+    logger.log_config({"optimizer": {"lr": 0.1}, "seed": 3, "output_dir": "/o"})
+    logger.log_dict({"loss": 2.5, "lr": 0.1}, step=1)
+    logger.log_dict({"loss": 1.5, "lr": 0.1}, step=2)
+    logger.log_samples([{"prompt": "1+1=", "completion": "2"}], step=2)
+    run_id = logger._run_id
+    logger.close()
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    history = [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")]
+    assert history == [(1, 2.5), (2, 1.5)] and run.info.status == "FINISHED"
+    assert run.data.params == {"optimizer.lr": "0.1", "seed": "3", "output_dir": "/o"}
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert artifacts == {"config.json", "samples"}
+    resumed = MLflowLogger(tracking_uri=uri, run_id=run_id, print_to_stdout=False)
+    resumed.resumed(2, "/o/step_2")
+    resumed.log_dict({"loss": 1.0}, step=3)
+    resumed.close()
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3]
+    assert client.get_run(run_id).data.tags["resumed_at_step_2"] == "/o/step_2"
+
+
+def test_comet_logger_offline_archives_metrics_and_params(tmp_path: Path) -> None:
+    logger = CometLogger(project="tt-test", online=False, offline_directory=str(tmp_path),
+                         log_code=False, print_to_stdout=False, display_summary_level=0)  # fmt: skip
+    logger.log_config({"optimizer": {"lr": 0.1}})
+    logger.log_dict({"loss": 2.5}, step=1)
+    logger.log_dict({"loss": 1.5}, step=2)
+    logger.close()
+    (archive,) = tmp_path.glob("*.zip")
+    with zipfile.ZipFile(archive) as z:
+        messages = [json.loads(line) for line in z.read("messages.json").splitlines()]
+    metrics = [m["payload"]["metric"] for m in messages if m["type"] == "metric_msg"]
+    losses = [(m["step"], m["metricValue"]) for m in metrics if m["metricName"] == "loss"]
+    assert losses == [(1, 2.5), (2, 1.5)]
+    params = [m["payload"]["param"] for m in messages if m["type"] == "parameter_msg"]
+    assert {"paramName": "optimizer.lr", "paramValue": "0.1"} in [
+        {k: p[k] for k in ("paramName", "paramValue")} for p in params
     ]

@@ -54,6 +54,15 @@ COMPONENTS: dict[str, tuple[str, dict[str, str]]] = {
         {},
     ),
     "torchtune.training.metric_logging.WandBLogger": ("tt_recipes.metric_logging.WandBLogger", {}),
+    "torchtune.training.metric_logging.MLFlowLogger": (
+        "tt_recipes.metric_logging.MLflowLogger",
+        {},
+    ),
+    # torchtune drops log_dir for Comet; it is where an offline experiment's archive goes
+    "torchtune.training.metric_logging.CometLogger": (
+        "tt_recipes.metric_logging.CometLogger",
+        {"log_dir": "offline_directory"},
+    ),
     "torchtune.training.metric_logging.TensorBoardLogger": (
         "tt_recipes.metric_logging.TensorBoardLogger",
         {},
