@@ -263,3 +263,31 @@ def test_packed_sft_builders_give_torchtunes_packs(case, tokenizer, tmp_path, to
         assert list(mine["tokens"])[:used] == [int(t) for t in theirs["tokens"]][:used], i
         assert list(mine["input_pos"])[:used] == [int(t) for t in theirs["input_pos"]][:used]
         assert mine["document_ids"][used:] == [-1] * (256 - used)
+
+
+# torchtune's tag templates on the tokenizer (each builder's rows as above).
+TEMPLATED = {
+    "samsum": "torchtune.data.SummarizeTemplate",
+    "grammar": "torchtune.data.GrammarErrorCorrectionTemplate",
+    "instruct": "torchtune.data.QuestionAnswerTemplate",
+    "chat_sharegpt": {"system": ["<sys> ", " </sys>"], "user": ["User: ", "\n"],
+                      "assistant": ["Bot:", ""]},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("tokenizer", sorted(TOKENIZERS))
+@pytest.mark.parametrize("train_on_input", [False, True])
+@pytest.mark.parametrize("case", sorted(TEMPLATED))
+def test_prompt_templates_give_torchtunes_tokens(
+    case, train_on_input, tokenizer, tmp_path, tokenizer_files, monkeypatch
+):
+    builder, args, kind = CASES[case]
+    args = {**args, "train_on_input": train_on_input}
+    component, _ = TOKENIZERS[tokenizer]
+    monkeypatch.setitem(TOKENIZERS, tokenizer, (component, {"prompt_template": None}))
+    _, untemplated = _both(tmp_path, tokenizer_files, tokenizer, builder, args, kind)
+    monkeypatch.setitem(TOKENIZERS, tokenizer, (component, {"prompt_template": TEMPLATED[case]}))
+    reference, ours = _both(tmp_path, tokenizer_files, tokenizer, builder, args, kind)
+    ours = ours()
+    _assert_same(reference, ours, {"tokens": "tokens", "labels": "labels"})
+    assert len(ours[0]["tokens"]) > len(untemplated()[0]["tokens"])  # the tags are there

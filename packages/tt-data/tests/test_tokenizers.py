@@ -157,6 +157,22 @@ def test_sentencepiece_torchtune_phi3_layout(sp_model):
     assert tok.encode("a")[-1] == tok.eos_id == tok._sp.eos_id()  # text ends with </s>
 
 
+def test_prompt_template_must_be_role_tags_and_needs_a_torchtune_layout(
+    sp_model, hf_tokenizer_json, tiktoken_file
+):
+    with pytest.raises(ValueError, match=r"prompt_template \{'user': 'Q: '\} is not valid"):
+        Llama3Tokenizer(tiktoken_file, prompt_template={"user": "Q: "})
+    with pytest.raises(ValueError, match="prompt_template needs chat_format 'torchtune_plain'"):
+        SentencePieceTokenizer(sp_model, chat_format="gemma", prompt_template={"user": ["Q", ""]})
+    with pytest.raises(ValueError, match="prompt_template needs chat_format='torchtune_qwen2'"):
+        HFTokenizer(hf_tokenizer_json, config={"eos_token": "</s>"},
+                    prompt_template={"user": ["Q", ""]})  # fmt: skip
+    tok = Llama3Tokenizer(tiktoken_file, prompt_template={"user": ["Question: ", "\n\nAnswer: "]})
+    tokens, _ = tok.tokenize_messages(SHORT_ANSWER)
+    text = tok.decode(tokens, skip_special_tokens=False)
+    assert "user<|end_header_id|>\n\nQuestion:What is 1 + 2?Answer:<|eot_id|>" in text
+
+
 def test_from_pretrained_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         from_pretrained(tmp_path / "missing")

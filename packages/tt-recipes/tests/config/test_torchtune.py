@@ -10,6 +10,7 @@ from tt_recipes.config._torchtune import (
     CHAT_FORMATS,
     COMPONENTS,
     DATASET_DEFAULTS,
+    PROMPT_TEMPLATES,
     QUANTIZER_COMPONENT,
     QUANTIZERS,
     SENTENCEPIECE_TEMPLATES,
@@ -83,14 +84,30 @@ def test_every_tokenizer_reads_its_file_or_directory(torchtune_path):
     assert callable(resolve_component(TOKENIZER_COMPONENT))
 
 
-def test_a_prompt_template_is_refused_with_the_reason():
+def test_prompt_templates_tt_cannot_apply_are_refused_with_the_reason():
     node = {"_component_": "torchtune.models.llama3.llama3_tokenizer", "path": "/t",
-            "prompt_template": "torchtune.data.AlpacaInstructTemplate"}  # fmt: skip
+            "prompt_template": "torchtune.data.ChatMLTemplate"}  # fmt: skip
+    valid = sorted(PROMPT_TEMPLATES)
     assert problems(tokenizer=node) == [
-        "tt.yaml: key 'tokenizer.prompt_template': tt formats turns with the model's own chat "
-        "template and cannot give torchtune.data.AlpacaInstructTemplate's tokens yet; set it to null (or use tt's "
-        "samsum/grammar/instruct builders, whose prompt_template is a format string)"
+        "tt.yaml: key 'tokenizer.prompt_template': tt cannot give torchtune.data.ChatMLTemplate's "
+        f"tokens with torchtune.models.llama3.llama3_tokenizer (tt applies torchtune's tag "
+        f"templates {valid} or a {{role: [before, after]}} mapping); set it to one of those or null"
     ]
+    phi4 = {"_component_": "torchtune.models.phi4.phi4_tokenizer", "vocab_path": "/p/vocab.json",
+            "prompt_template": "torchtune.data.SummarizeTemplate"}  # fmt: skip
+    assert "tokens with torchtune.models.phi4.phi4_tokenizer" in problems(tokenizer=phi4)[0]
+
+
+def test_tag_templates_become_the_tokenizers_prompt_template():
+    llama3 = {"_component_": "torchtune.models.llama3.llama3_tokenizer", "path": "/t",
+              "prompt_template": "torchtune.data.SummarizeTemplate"}  # fmt: skip
+    out = translate(tokenizer=llama3)[0]["tokenizer"]
+    assert out["prompt_template"] == {"user": ["Summarize this dialogue:\n", "\n---\nSummary:\n"]}
+    custom = {"user": ["Q: ", " A:"]}
+    gemma = {"_component_": "torchtune.models.gemma.gemma_tokenizer", "path": "/g.model",
+             "prompt_template": custom}  # fmt: skip
+    out = translate(tokenizer=gemma)[0]["tokenizer"]
+    assert (out["prompt_template"], out["chat_format"]) == (custom, "torchtune_plain")
 
 
 def test_a_lora_builder_becomes_the_peft_section_in_tt_module_names():

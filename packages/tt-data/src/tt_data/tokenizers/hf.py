@@ -35,7 +35,12 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 from tt_data.messages import Message
-from tt_data.tokenizers.protocol import TruncatingTokenizer
+from tt_data.tokenizers.protocol import (
+    PromptTemplate,
+    TruncatingTokenizer,
+    check_prompt_template,
+    template_segments,
+)
 
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
 CHAT_FORMATS = (None, "torchtune_qwen2")  # None: the model's own chat template
@@ -111,11 +116,18 @@ class HFTokenizer(TruncatingTokenizer):
         max_seq_len: int | None = None,
         chat_format: str | None = None,
         eos_token: str | None = None,
+        prompt_template: PromptTemplate | None = None,
     ) -> None:
         if chat_format not in CHAT_FORMATS:
             raise ValueError(
                 f"chat_format {chat_format!r} is not valid for HFTokenizer; expected one of "
                 f"{list(CHAT_FORMATS)} (null: the model's chat template)"
+            )
+        self.prompt_template = check_prompt_template(prompt_template)
+        if self.prompt_template and chat_format is None:
+            raise ValueError(
+                "prompt_template needs chat_format='torchtune_qwen2': with the model's own "
+                "chat template, write the text into the messages instead"
             )
         self._tok = Tokenizer.from_file(str(tokenizer_json))
         self._source = str(tokenizer_json)
@@ -206,7 +218,9 @@ class HFTokenizer(TruncatingTokenizer):
                     f"role {message.role!r} is not supported by chat_format 'torchtune_qwen2'; "
                     "use system, user or assistant"
                 )
-            ids = [start, *self._plain(f"{message.role}\n"), *self._plain(message.content)]
+            ids = [start, *self._plain(f"{message.role}\n")]
+            for text in template_segments(message, self.prompt_template):
+                ids += self._plain(text)
             if message.role != "assistant" or i != len(messages) - 1:
                 ids += [end, *self._plain("\n")]
             tokens += ids

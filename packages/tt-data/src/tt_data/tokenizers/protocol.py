@@ -86,3 +86,35 @@ class TruncatingTokenizer:
             )
         self.num_truncated += 1
         return truncate(tokens, mask, self.max_seq_len, self.eos_id)
+
+
+# torchtune's prompt templates: role -> (text before the message, text after it).
+PromptTemplate = dict[str, tuple[str, str]]
+
+
+def check_prompt_template(template: object) -> PromptTemplate | None:
+    """``template`` as {role: (prepend, append)}, or a ValueError naming what is wrong."""
+    if template is None:
+        return None
+    roles = ("system", "user", "assistant", "ipython")
+    if not isinstance(template, dict) or not all(
+        role in roles
+        and isinstance(tags, (list, tuple))
+        and len(tags) == 2
+        and all(isinstance(t, str) for t in tags)
+        for role, tags in template.items()
+    ):
+        raise ValueError(
+            f"prompt_template {template!r} is not valid: expected {{role: [text before, "
+            f"text after]}} with roles from {list(roles)}"
+        )
+    return {role: (tags[0], tags[1]) for role, tags in template.items()}
+
+
+def template_segments(message: Message, template: PromptTemplate | None) -> list[str]:
+    """The pieces of text torchtune encodes one by one for ``message``: its role's prepend
+    tag, the content, the append tag (empty tags are left out, as torchtune does)."""
+    if not template or message.role not in template:
+        return [message.content]
+    prepend, append = template[message.role]
+    return [text for text in (prepend, message.content, append) if text] or [""]

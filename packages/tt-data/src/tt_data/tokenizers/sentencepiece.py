@@ -20,7 +20,12 @@ import functools
 import os
 
 from tt_data.messages import Message
-from tt_data.tokenizers.protocol import TruncatingTokenizer
+from tt_data.tokenizers.protocol import (
+    PromptTemplate,
+    TruncatingTokenizer,
+    check_prompt_template,
+    template_segments,
+)
 
 # (prompt text around a user turn, text after an assistant turn, end with eos id?)
 CHAT_FORMATS: dict[str, tuple[str, str, bool]] = {
@@ -62,6 +67,7 @@ class SentencePieceTokenizer(TruncatingTokenizer):
         path: str | os.PathLike,
         max_seq_len: int | None = None,
         chat_format: str = "mistral",
+        prompt_template: PromptTemplate | None = None,
     ) -> None:
         import sentencepiece
 
@@ -70,6 +76,12 @@ class SentencePieceTokenizer(TruncatingTokenizer):
             raise ValueError(
                 f"chat_format {chat_format!r} is not valid for SentencePieceTokenizer; "
                 f"expected one of {sorted(valid)}"
+            )
+        self.prompt_template = check_prompt_template(prompt_template)
+        if self.prompt_template and chat_format not in ("torchtune_plain", "torchtune_phi3"):
+            raise ValueError(
+                f"prompt_template needs chat_format 'torchtune_plain' or 'torchtune_phi3', "
+                f"not {chat_format!r} (whose own template it would replace)"
             )
         self._sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
         self.chat_format = chat_format
@@ -146,7 +158,8 @@ class SentencePieceTokenizer(TruncatingTokenizer):
         prompting for generation), each template and content segment encoded on its own with
         trailing spaces dropped, and the leading space SentencePiece adds suppressed inside
         a pair unless the text before ended with a space."""
-        turns = _templated(messages, TORCHTUNE_TEMPLATES[self.chat_format], self.chat_format)
+        template = self.prompt_template or TORCHTUNE_TEMPLATES[self.chat_format]
+        turns = _templated(messages, template, self.chat_format)
         tokens: list[int] = []
         mask: list[bool] = []
         starts_pair, after_space = True, False
@@ -181,7 +194,11 @@ class SentencePieceTokenizer(TruncatingTokenizer):
                     f"role {message.role!r} is not supported by chat_format 'torchtune_phi3'; "
                     "use system, user or assistant"
                 )
-            content = self._encode_segment(message.content.rstrip(" "), True)
+            content = [
+                t
+                for text in template_segments(message, self.prompt_template)
+                for t in self._encode_segment(text.rstrip(" "), True)
+            ]
             ids = [role, *newline, *content, PHI3_SPECIAL_TOKENS["<|end|>"], *newline]
             tokens += ids
             mask += [message.masked] * len(ids)
@@ -222,7 +239,9 @@ def _templated(
         if m.role in template:
             prefix, suffix = template[m.role]
             middle = [*system, m.content] if m.role == "user" else [m.content]
-            turns.append((m.role, m.masked, [prefix, *middle, suffix]))
+            # torchtune leaves empty tags out (what the next turn's spacing depends on)
+            segments = [text for text in (prefix, *middle, suffix) if text] or [""]
+            turns.append((m.role, m.masked, segments))
         else:
             turns.append((m.role, m.masked, [m.content]))
     return turns

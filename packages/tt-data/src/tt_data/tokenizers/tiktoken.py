@@ -15,7 +15,12 @@ import base64
 import os
 
 from tt_data.messages import Message
-from tt_data.tokenizers.protocol import TruncatingTokenizer
+from tt_data.tokenizers.protocol import (
+    PromptTemplate,
+    TruncatingTokenizer,
+    check_prompt_template,
+    template_segments,
+)
 
 # Llama 3's pre-tokenization regex (contractions, letters, 1-3 digit groups, punctuation, spaces).
 LLAMA3_PATTERN = (
@@ -78,8 +83,11 @@ class Llama3Tokenizer(TruncatingTokenizer):
         path: str | os.PathLike,
         max_seq_len: int | None = None,
         append_end_of_text: bool = False,
+        prompt_template: PromptTemplate | None = None,
     ) -> None:
         import tiktoken
+
+        self.prompt_template = check_prompt_template(prompt_template)
 
         ranks = load_tiktoken_ranks(path)
         self.special = llama3_special_tokens(len(ranks))
@@ -137,7 +145,8 @@ class Llama3Tokenizer(TruncatingTokenizer):
             body = self._header(message.role)
             if message.role == "ipython":
                 body.append(self.python_tag_id)
-            body += self.encode(message.content.strip(), add_bos=False, add_eos=False)
+            for text in template_segments(message, self.prompt_template):
+                body += self.encode(text.strip(), add_bos=False, add_eos=False)
             body.append(self.eot_id if message.eot else self.eom_id)
             tokens += body
             mask += [message.masked] * len(body)

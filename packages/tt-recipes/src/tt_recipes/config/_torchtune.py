@@ -148,6 +148,17 @@ CHAT_FORMATS: dict[str | None, str] = {
     "torchtune.models.llama2.Llama2ChatTemplate": "torchtune_llama2",
     "torchtune.models.mistral.MistralChatTemplate": "torchtune_mistral",
 }
+# torchtune's tag templates ({role: (text before, text after)}), which tt's tokenizers apply
+# as torchtune does when laying out turns as torchtune does (every tokenizer but Phi-4's).
+PROMPT_TEMPLATES: dict[str, dict[str, tuple[str, str]]] = {
+    "torchtune.data.GrammarErrorCorrectionTemplate": {
+        "user": ("Correct this to standard English: ", "\n---\nCorrected: ")
+    },
+    "torchtune.data.SummarizeTemplate": {
+        "user": ("Summarize this dialogue:\n", "\n---\nSummary:\n")
+    },
+    "torchtune.data.QuestionAnswerTemplate": {"user": ("Question: ", "\n\nAnswer: ")},
+}
 # Tokenizers whose ids are compared with torchtune's in tests/torchtune_reference.
 TOKENS_CHECKED = (*TOKENIZER_OPTIONS, *SENTENCEPIECE_TEMPLATES)
 # Tokenizers whose torchtune ids tt does not copy, and why (said when a config uses one).
@@ -436,16 +447,21 @@ def _tokenizer(values: dict, keys: Mapping[str, Any], notes: Notes, problems: Pr
         out["max_seq_len"] = node.pop("max_seq_len")
     out.update(TOKENIZER_OPTIONS.get(path, {}))
     template = node.pop("prompt_template", SENTENCEPIECE_TEMPLATES.get(path))
-    if path in SENTENCEPIECE_TEMPLATES and template in CHAT_FORMATS:
+    named = isinstance(template, str) or template is None
+    if path in SENTENCEPIECE_TEMPLATES and named and template in CHAT_FORMATS:
         out["chat_format"] = CHAT_FORMATS[template]
     elif template is not None:
-        # torchtune encodes a template's text and the turn's separately, each stripped of
-        # surrounding whitespace: the tokens are not those of any one prompt string.
-        problems.append(
-            f"key 'tokenizer.prompt_template': tt formats turns with the model's own chat "
-            f"template and cannot give {template}'s tokens yet; set it to null (or use tt's "
-            "samsum/grammar/instruct builders, whose prompt_template is a format string)"
-        )
+        tags = PROMPT_TEMPLATES.get(template) if named else template
+        if tags is None or path not in TOKENS_CHECKED:
+            problems.append(
+                f"key 'tokenizer.prompt_template': tt cannot give {template}'s tokens with "
+                f"{path} (tt applies torchtune's tag templates {sorted(PROMPT_TEMPLATES)} or "
+                "a {role: [before, after]} mapping); set it to one of those or null"
+            )
+        else:
+            out["prompt_template"] = {role: list(pair) for role, pair in dict(tags).items()}
+            if path in SENTENCEPIECE_TEMPLATES:
+                out["chat_format"] = "torchtune_plain"
     for name in node:
         problems.append(f"key 'tokenizer.{name}': tt's tokenizers take no {name!r}")
     values["tokenizer"] = out
