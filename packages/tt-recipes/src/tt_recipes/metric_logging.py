@@ -8,12 +8,15 @@ checkpoint)`` and ``close()``; recipes log through one of them. Loggers only wri
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
 
 
 def _is_rank_zero() -> bool:
@@ -369,7 +372,17 @@ class MLflowLogger:
         if self._client is not None:
             from mlflow.entities import Param
 
-            params = [Param(k, v) for k, v in flat_params(config).items()]
+            # A run's parameters cannot change (a resumed run keeps its first values).
+            logged = self._client.get_run(self._run_id).data.params
+            flat = flat_params(config)
+            changed = sorted(k for k, v in flat.items() if logged.get(k, v) != v)
+            if changed:
+                logger.warning(
+                    "MLflow run %s keeps its first values of %s; the config now differs",
+                    self._run_id,
+                    ", ".join(changed),
+                )
+            params = [Param(k, v) for k, v in flat.items() if k not in logged]
             for start in range(0, len(params), 100):  # MLflow takes 100 params per batch
                 self._client.log_batch(self._run_id, params=params[start : start + 100])
             self._client.log_dict(self._run_id, dict(config), "config.json")

@@ -111,7 +111,9 @@ def test_validation_record_keeps_the_last_and_best_of_each_metric() -> None:
     ]
 
 
-def test_mlflow_logger_writes_metrics_params_and_samples(tmp_path: Path, monkeypatch) -> None:
+def test_mlflow_logger_writes_metrics_params_and_samples(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
     from mlflow.tracking import MlflowClient
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # no database in a test
@@ -131,11 +133,15 @@ def test_mlflow_logger_writes_metrics_params_and_samples(tmp_path: Path, monkeyp
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert artifacts == {"config.json", "samples"}
     resumed = MLflowLogger(tracking_uri=uri, run_id=run_id, print_to_stdout=False)
+    resumed.log_config({"optimizer": {"lr": 0.2}, "seed": 3, "output_dir": "/o", "epochs": 2})
+    assert "keeps its first values of optimizer.lr" in caplog.text
     resumed.resumed(2, "/o/step_2")
     resumed.log_dict({"loss": 1.0}, step=3)
     resumed.close()
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3]
-    assert client.get_run(run_id).data.tags["resumed_at_step_2"] == "/o/step_2"
+    run = client.get_run(run_id)
+    assert run.data.tags["resumed_at_step_2"] == "/o/step_2"
+    assert (run.data.params["optimizer.lr"], run.data.params["epochs"]) == ("0.1", "2")
 
 
 def test_comet_logger_offline_archives_metrics_and_params(tmp_path: Path) -> None:

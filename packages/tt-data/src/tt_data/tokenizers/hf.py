@@ -290,7 +290,8 @@ class HFTokenizer(TruncatingTokenizer):
         cls, path: str | os.PathLike, max_seq_len: int | None = None, **kwargs: Any
     ) -> HFTokenizer:
         """Load ``tokenizer.json`` with ``tokenizer_config.json`` / ``chat_template.jinja``;
-        ``kwargs`` are the constructor's (``chat_format``, ``eos_token``)."""
+        ``kwargs`` are the constructor's (``chat_format``, ``eos_token``,
+        ``prompt_template``)."""
         path = Path(path)
         config = _read_json(path / "tokenizer_config.json")
         template = config.get("chat_template")

@@ -84,13 +84,13 @@ CHAT_DATASETS = (
     "torchtune.datasets.stack_exchange_paired_dataset",
     "torchtune.datasets.hh_rlhf_helpful_dataset",
 )
-# torchtune's samsum and grammar builders format nothing: a prompt template comes from the
-# tokenizer's prompt_template, if any. tt's builders hold their template themselves.
 # torchtune builder defaults that differ from tt's: set when the config leaves them out.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "torchtune.datasets.alpaca_dataset": {"train_on_input": True},
     "torchtune.datasets.alpaca_cleaned_dataset": {"train_on_input": True},
 }
+# torchtune's samsum and grammar builders format nothing: a prompt template comes from the
+# tokenizer's prompt_template, if any. tt's builders hold their template themselves.
 UNTEMPLATED_DATASETS = (
     "torchtune.datasets.samsum_dataset",
     "torchtune.datasets.grammar_dataset",
