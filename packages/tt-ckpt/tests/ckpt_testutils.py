@@ -93,6 +93,7 @@ FAMILY_CONFIGS = {
     "qwen3": ("Qwen3Config", {"head_dim": 32}),
     "gemma": ("GemmaConfig", {"head_dim": 16}),
     "gemma2": ("Gemma2Config", {"head_dim": 16, "query_pre_attn_scalar": 16}),
+    "gemma3_text": ("Gemma3TextConfig", {"head_dim": 16, "query_pre_attn_scalar": 16}),
     "phi3": ("Phi3Config", {}),
 }
 
@@ -127,13 +128,13 @@ def tiny_family_model(family: str, seed: int = 0) -> torch.nn.Module:
 
 def expected_family_tt_keys(family: str) -> set[str]:
     """The tt state-dict keys of a ``tiny_family_model``, written out by hand."""
-    tied = family in ("gemma", "gemma2")
+    tied = family in ("gemma", "gemma2", "gemma3_text")
     keys = expected_tt_keys(tied=tied)
     for i in range(N_LAYERS):
         if family == "qwen2":
             keys |= {f"layers.{i}.attn.{p}_proj.bias" for p in "qkv"}
-        if family == "qwen3":
+        if family in ("qwen3", "gemma3_text"):
             keys |= {f"layers.{i}.attn.q_norm.weight", f"layers.{i}.attn.k_norm.weight"}
-        if family == "gemma2":
+        if family in ("gemma2", "gemma3_text"):
             keys |= {f"layers.{i}.attn_post_norm.weight", f"layers.{i}.mlp_post_norm.weight"}
     return keys

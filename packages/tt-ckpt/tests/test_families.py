@@ -1,4 +1,4 @@
-"""Key maps of Mistral, Qwen2, Qwen3, Gemma, Gemma 2 and Phi-3: a transformers checkpoint loads
+"""Key maps of Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3 and Phi-3: a transformers checkpoint loads
 into tt naming (picked from config.json's model_type) and saves back to one transformers loads
 with the same logits."""
 
@@ -70,6 +70,7 @@ def test_phi3_fused_projections_split_on_load(tmp_path):
         ("qwen3", "layers.0.attn.q_norm", "model.layers.0.self_attn.q_norm"),
         ("mistral", "layers.1.mlp.gate_proj", "model.layers.1.mlp.gate_proj"),
         ("gemma2", "layers.2.mlp_norm", "model.layers.2.pre_feedforward_layernorm"),
+        ("gemma3_text", "layers.1.attn.k_norm", "model.layers.1.self_attn.k_norm"),
         ("phi3", "layers.0.attn.o_proj", "model.layers.0.self_attn.o_proj"),
         ("phi3", "layers.0.mlp.down_proj", "model.layers.0.mlp.down_proj"),
     ],

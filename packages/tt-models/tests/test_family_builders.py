@@ -1,4 +1,4 @@
-"""Builders of the published Qwen2.5, Qwen3, Mistral, Gemma, Gemma 2, Phi-3/4 and SmolLM2 sizes,
+"""Builders of the published Qwen2.5, Qwen3, Mistral, Gemma, Gemma 2/3, Phi-3/4 and SmolLM2 sizes,
 built on meta: exact parameter counts, the same count as transformers' model of the config we
 write, and config.json round trips."""
 
@@ -34,6 +34,7 @@ PUBLISHED = {
     "gemma2_2b": 2_614_341_888,
     "gemma2_9b": 9_241_705_984,
     "gemma2_27b": 27_227_128_320,
+    "gemma3_1b": 999_885_952,
     "phi3_mini": 3_821_079_552,
     "phi4_14b": 14_659_507_200,
     "smollm2_135m": 134_515_008,
@@ -60,7 +61,8 @@ def test_config_json_round_trips(name):
 
 
 # The smallest size of each family: transformers builds the same architecture from our config.
-SMALLEST = ["qwen2_5_0_5b", "qwen3_0_6b", "mistral_7b", "gemma_2b", "gemma2_2b", "phi3_mini"]
+SMALLEST = ["qwen2_5_0_5b", "qwen3_0_6b", "mistral_7b", "gemma_2b", "gemma2_2b", "gemma3_1b",
+            "phi3_mini"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", SMALLEST)
@@ -70,6 +72,21 @@ def test_transformers_builds_the_same_parameter_count(name, tmp_path):
     with torch.device("meta"):
         hf = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tmp_path))
     assert _n_params(hf) == PUBLISHED[name]
+
+
+# Gemma 3 4B/12B/27B are published as multimodal models (the safetensors totals): their text
+# decoder, the same SigLIP image encoder in each, and a projection from its 1152 features to the
+# decoder's width (with an RMSNorm of 1152).
+GEMMA3_MULTIMODAL = {"gemma3_4b": 4_300_079_472, "gemma3_12b": 12_187_325_040,
+                     "gemma3_27b": 27_432_406_640}  # fmt: skip
+SIGLIP_ENCODER = 416_866_032
+
+
+@pytest.mark.parametrize("name", sorted(GEMMA3_MULTIMODAL))
+def test_gemma3_text_decoders_complete_the_published_multimodal_counts(name):
+    model = getattr(tt_models, name)(device="meta")
+    projector = 1152 * model.config.dim + 1152
+    assert _n_params(model) + SIGLIP_ENCODER + projector == GEMMA3_MULTIMODAL[name]
 
 
 def test_family_switches_of_the_builders():
@@ -84,3 +101,9 @@ def test_family_switches_of_the_builders():
     assert qwen2.q_proj.bias is not None and qwen2.o_proj.bias is None
     assert tt_models.mistral_7b(device="meta").config.layer_window(31) == 4096
     assert tt_models.smollm2_135m(device="meta").config.model_type == "llama"
+    gemma3 = tt_models.gemma3_27b(device="meta")
+    cfg = gemma3.config
+    assert cfg.layer_types[:6] == ("sliding_attention",) * 5 + ("full_attention",)
+    assert (cfg.local_rope_base, cfg.rope_base, cfg.rope_scaling["factor"]) == (1e4, 1e6, 8.0)
+    assert gemma3.layers[0].attn.scale == 168**-0.5 and gemma3.local_rope.base == 1e4
+    assert gemma3.layers[0].attn.q_norm.weight.shape == (128,) and gemma3.final_softcap is None

@@ -90,7 +90,7 @@ def test_to_hf_config_writes_transformers_5_fields():
     [
         (
             {**BASE, "model_type": "gpt2"},
-            r"model_type='gpt2' is not supported; .*\['llama', 'mistral', 'qwen2', 'qwen3', 'gemma', 'gemma2', 'phi3'\]",
+            r"model_type='gpt2' is not supported; .*\['llama', 'mistral', 'qwen2', 'qwen3', 'gemma', 'gemma2', 'gemma3_text', 'phi3'\]",
         ),
         ({"vocab_size": 3}, r"model_type=None is not supported"),
         (
@@ -103,7 +103,7 @@ def test_to_hf_config_writes_transformers_5_fields():
         ),
         (
             {**BASE, "rope_parameters": {"rope_type": "yarn", "rope_theta": 1.0}},
-            r"config.json rope_parameters: rope_type='yarn' is not supported; .*\['llama3'\]",
+            r"config.json rope_parameters: rope_type='yarn' is not supported; .*\['llama3', 'linear'\]",
         ),
         (
             {**BASE, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
@@ -202,6 +202,28 @@ def test_gemma2_defaults_and_alternating_layers():
     assert uncapped.attn_softcap is None
 
 
+GEMMA3_OLD_JSON = {  # as transformers 4.5x wrote Gemma 3: top-level RoPE keys and a pattern
+    **BASE, "model_type": "gemma3_text", "num_hidden_layers": 7, "head_dim": 32,
+    "sliding_window": 512, "sliding_window_pattern": 6, "rope_theta": 1_000_000,
+    "rope_local_base_freq": 10_000, "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+}  # fmt: skip
+
+
+def test_gemma3_reads_both_rope_forms_and_its_layer_pattern():
+    old = from_hf_config(GEMMA3_OLD_JSON)
+    assert old.layer_types == ("sliding_attention",) * 5 + ("full_attention", "sliding_attention")
+    assert (old.rope_base, old.local_rope_base, old.rope_scaling) == (
+        1e6, 1e4, {"rope_type": "linear", "factor": 8.0})  # fmt: skip
+    assert old.qk_norm and old.post_norms and old.attn_softcap is None
+    assert old.query_pre_attn_scalar == 256 and old.final_softcap is None
+    written = to_hf_config(old)
+    assert written["rope_parameters"] == {
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+    }
+    assert from_hf_config(written) == old
+
+
 def test_phi3_and_mistral_slide_in_every_layer():
     phi3 = from_hf_config({**BASE, "model_type": "phi3", "sliding_window": 2047})
     assert phi3.sliding_window == 2047 and phi3.layer_types is None and phi3.norm_eps == 1e-5
@@ -214,7 +236,21 @@ def test_phi3_and_mistral_slide_in_every_layer():
     [
         (
             {**BASE, "model_type": "phi3", "rope_scaling": {"type": "longrope", "factor": 32}},
-            r"config.json rope_scaling: rope_type='longrope' is not supported; .*\['llama3'\]",
+            r"config.json rope_scaling: rope_type='longrope' is not supported; .*\['llama3', 'linear'\]",
+        ),
+        (
+            {**GEMMA3_OLD_JSON, "rope_scaling": {"rope_type": "linear", "factor": 0}},
+            r"config.json rope_scaling: linear rope scaling needs a factor > 0, got 0",
+        ),
+        (
+            {
+                **GEMMA3_OLD_JSON,
+                "rope_parameters": {
+                    "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                    "sliding_attention": {"rope_type": "linear", "factor": 2.0},
+                },
+            },
+            r"rope_parameters.sliding_attention: rope_type='linear' is not supported",
         ),
         (
             {**BASE, "model_type": "phi3", "partial_rotary_factor": 0.75},

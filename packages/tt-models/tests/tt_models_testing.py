@@ -11,6 +11,8 @@ import re
 import torch
 from tt_models import TransformerDecoder, transformer_decoder
 
+# Families whose decoder layers have Gemma 2's pre and post norms.
+SANDWICH_NORMS = ("gemma2", "gemma3_text")
 # (HF pattern, tt replacement), applied to keys after the "model." prefix is stripped.
 _HF_TO_TT = [
     (r"^embed_tokens\.", "tok_embeddings."),
@@ -29,7 +31,7 @@ _GEMMA2_NORMS = [
 
 
 def _renames(model_type: str) -> list[tuple[str, str]]:
-    return _GEMMA2_NORMS + _HF_TO_TT if model_type == "gemma2" else _HF_TO_TT
+    return _GEMMA2_NORMS + _HF_TO_TT if model_type in SANDWICH_NORMS else _HF_TO_TT
 
 
 def hf_to_tt_state_dict(
@@ -86,7 +88,7 @@ def tt_to_hf_state_dict(
     tt_state: dict[str, torch.Tensor], model_type: str = "llama"
 ) -> dict[str, torch.Tensor]:
     """Inverse of ``hf_to_tt_state_dict`` (re-fusing Phi-3's projections)."""
-    replacements = _GEMMA2_TT_TO_HF if model_type == "gemma2" else _TT_TO_HF
+    replacements = _GEMMA2_TT_TO_HF if model_type in SANDWICH_NORMS else _TT_TO_HF
     renamed = {}
     for key, value in tt_state.items():
         for tt_text, hf_text in replacements:
@@ -187,6 +189,31 @@ FAMILIES = {
         ),
     ),
     "phi3": ("Phi3Config", dict(sliding_window=8)),
+    # Gemma 3: 5 local layers to 1 global (layer 5), the global ones with linear RoPE
+    # scaling and a theta of their own.
+    "gemma3": (
+        "Gemma3TextConfig",
+        dict(
+            num_hidden_layers=6,
+            head_dim=16,
+            query_pre_attn_scalar=24,
+            sliding_window=8,
+            rope_parameters={
+                "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+            },
+        ),
+    ),
+    # ... and a window longer than the sequence, layers laid out by hand, no RoPE scaling.
+    "gemma3_mixed": (
+        "Gemma3TextConfig",
+        dict(
+            num_hidden_layers=3,
+            head_dim=16,
+            sliding_window=64,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        ),
+    ),
 }
 
 

@@ -180,6 +180,7 @@ FAMILIES: dict[str, KeyMap] = {
     "qwen3": _llama_like("qwen3", head_norms=_QK_NORMS),
     "gemma": _llama_like("gemma"),
     "gemma2": _llama_like("gemma2", norms=_GEMMA2_NORMS),
+    "gemma3_text": _llama_like("gemma3_text", norms=_GEMMA2_NORMS, head_norms=_QK_NORMS),
     "phi3": PHI3,
 }
 

@@ -39,6 +39,9 @@ def build_model(
             norm=_norm(cfg, cfg.dim),
             output=None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False),
             config=cfg,
+            local_rope=None
+            if cfg.local_rope_base is None
+            else RotaryEmbedding(cfg.head_dim, cfg.local_rope_base),
         )
     if not model.tok_embeddings.weight.is_meta:
         model.init_weights()

@@ -11,7 +11,7 @@ LLAMA3_SCALING_KEYS = (
     "high_freq_factor",
     "original_max_position_embeddings",
 )
-SUPPORTED_ROPE_SCALING_TYPES = ("llama3",)
+SUPPORTED_ROPE_SCALING_TYPES = ("llama3", "linear")
 ACTIVATIONS = ("silu", "gelu_tanh")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 
@@ -37,7 +37,10 @@ class DecoderConfig:
         rope_base: RoPE theta.
         rope_scaling: None, or Llama 3.1 frequency scaling as a dict with ``rope_type`` ("llama3"),
             ``factor``, ``low_freq_factor``, ``high_freq_factor``,
-            ``original_max_position_embeddings``.
+            ``original_max_position_embeddings``; or ``{"rope_type": "linear", "factor": f}``
+            (every frequency divided by ``f``, Gemma 3's global layers).
+        local_rope_base: RoPE theta of the sliding-window layers, which then take no
+            ``rope_scaling`` (Gemma 3); None: every layer uses ``rope_base``/``rope_scaling``.
         tie_embeddings: the output projection reuses the token-embedding weight.
         attn_bias: q/k/v/o projections have biases.
         mlp_bias: gate/up/down projections have biases.
@@ -72,6 +75,7 @@ class DecoderConfig:
     norm_eps: float = 1e-5
     rope_base: float = 10_000.0
     rope_scaling: dict[str, Any] | None = None
+    local_rope_base: float | None = None
     tie_embeddings: bool = False
     attn_bias: bool = False
     mlp_bias: bool = False
@@ -116,6 +120,12 @@ class DecoderConfig:
         self.rope_base = float(self.rope_base)
         if self.rope_scaling is not None:
             self.rope_scaling = normalize_rope_scaling(self.rope_scaling)
+        if self.local_rope_base is not None:
+            if not self.local_rope_base > 0:
+                raise ValueError(
+                    f"DecoderConfig: local_rope_base={self.local_rope_base!r} must be > 0 or None"
+                )
+            self.local_rope_base = float(self.local_rope_base)
         self._check_family_switches()
 
     def _check_family_switches(self) -> None:
@@ -152,7 +162,8 @@ class DecoderConfig:
 
 
 def normalize_rope_scaling(scaling: dict[str, Any], source: str = "rope_scaling") -> dict[str, Any]:
-    """Check a Llama 3.1 RoPE scaling dict and return it with canonical keys and types.
+    """Check a RoPE scaling dict (Llama 3.1 or linear) and return it with canonical keys and
+    types.
 
     ``source`` names where the dict came from, for the error message.
     """
@@ -162,6 +173,11 @@ def normalize_rope_scaling(scaling: dict[str, Any], source: str = "rope_scaling"
             f"{source}: rope_type={rope_type!r} is not supported; "
             f"supported scaling types: {list(SUPPORTED_ROPE_SCALING_TYPES)}"
         )
+    if rope_type == "linear":
+        factor = scaling.get("factor")
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
+            raise ValueError(f"{source}: linear rope scaling needs a factor > 0, got {factor!r}")
+        return {"rope_type": "linear", "factor": float(factor)}
     missing = [key for key in LLAMA3_SCALING_KEYS if key not in scaling]
     if missing:
         raise ValueError(

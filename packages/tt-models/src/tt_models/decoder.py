@@ -78,12 +78,15 @@ class TransformerDecoder(nn.Module):
         norm: nn.Module,
         output: nn.Linear | None,
         config: DecoderConfig,
+        local_rope: RotaryEmbedding | None = None,
     ) -> None:
         super().__init__()
         self.config = config
         self.tok_embeddings = tok_embeddings
         self.layers = nn.ModuleList(layers)
         self.rope = rope
+        # Sliding-window layers' own RoPE (Gemma 3); None: they share ``rope``.
+        self.local_rope = local_rope
         self.norm = norm
         self.output = output
         self.final_softcap = config.final_softcap
@@ -171,11 +174,13 @@ class TransformerDecoder(nn.Module):
             mask = slots <= input_pos[..., None]  # [b, s, cache_len]
         masks = self._layer_masks(mask, input_pos)
         rope = self.rope(input_pos)
+        local_rope = rope if self.local_rope is None else self.local_rope(input_pos)
         h = self.tok_embeddings(tokens)
         if self.embed_scale is not None:
             h = h * torch.tensor(self.embed_scale, dtype=h.dtype)
         for index, layer in enumerate(self.layers):
-            h = layer(h, rope, masks[self.config.layer_window(index)], input_pos)
+            window = self.config.layer_window(index)
+            h = layer(h, rope if window is None else local_rope, masks[window], input_pos)
         h = self.norm(h)
         return h if return_hidden else self.logits_from_hidden(h)
 

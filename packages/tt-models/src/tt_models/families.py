@@ -29,7 +29,9 @@ class Family:
             MLP activation, the names it may hold, and the default when absent.
         default_tie / default_eps: defaults of ``tie_word_embeddings`` / ``rms_norm_eps``.
         sliding: "none", "all" (every layer slides), "qwen" (``use_sliding_window``, layers
-            from ``max_window_layers`` on) or "alternate" (even layers slide, Gemma 2).
+            from ``max_window_layers`` on), "alternate" (even layers slide, Gemma 2) or
+            "pattern" (every ``sliding_window_pattern``-th layer is global, Gemma 3: 5 local
+            to 1 global).
         has_attn_bias / has_mlp_bias: config.json ``attention_bias`` / ``mlp_bias`` switch
             the biases.
         fields: config.json keys read and written as they are, with the DecoderConfig field
@@ -48,10 +50,15 @@ class Family:
     has_mlp_bias: bool = False
     fields: dict[str, tuple[str, Any]] = field(default_factory=dict)
 
-    def layer_types(self, n_layers: int, first_full: int | None = None) -> list[str] | None:
+    def layer_types(
+        self, n_layers: int, first_full: int | None = None, pattern: int | None = None
+    ) -> list[str] | None:
         """Per-layer attention kinds as transformers lays them out for this family."""
         if self.sliding == "alternate":
             return [layer_type(i % 2 == 0) for i in range(n_layers)]
+        if self.sliding == "pattern":
+            every = 6 if pattern is None else pattern
+            return [layer_type((i + 1) % every != 0) for i in range(n_layers)]
         if self.sliding == "qwen":
             first = 28 if first_full is None else first_full
             return [layer_type(i >= first) for i in range(n_layers)]
@@ -91,6 +98,23 @@ FAMILIES: dict[str, Family] = {
         fields={
             "attn_logit_softcapping": ("attn_softcap", 50.0),
             "final_logit_softcapping": ("final_softcap", 30.0),
+            "query_pre_attn_scalar": ("query_pre_attn_scalar", 256),
+        },
+    ),
+    # Gemma 3's text decoder: Gemma 2's norms with q/k norms, no soft-capping, 5 sliding
+    # layers to 1 global, each kind with its own RoPE (the local theta in local_rope_base).
+    "gemma3_text": Family(
+        "Gemma3ForCausalLM",
+        fixed={**_GEMMA_FIXED, "post_norms": True, "qk_norm": True},
+        activation_key="hidden_activation",
+        activations=GEMMA_ACTIVATIONS,
+        default_activation="gelu_pytorch_tanh",
+        default_tie=True,
+        sliding="pattern",
+        has_attn_bias=True,
+        fields={
+            "attn_logit_softcapping": ("attn_softcap", None),
+            "final_logit_softcapping": ("final_softcap", None),
             "query_pre_attn_scalar": ("query_pre_attn_scalar", 256),
         },
     ),

@@ -38,14 +38,17 @@ _SWITCHES = (
     "attn_softcap",
     "final_softcap",
     "query_pre_attn_scalar",
+    "local_rope_base",
 )
+# Gemma 3's theta of local layers when its config.json predates per-layer-type RoPE.
+_DEFAULT_LOCAL_ROPE_THETA = 10_000.0
 
 
 def from_hf_config(config: dict[str, Any]) -> DecoderConfig:
     """Read a transformers ``config.json`` dict into a ``DecoderConfig``.
 
     Supports the ``model_type`` values in ``SUPPORTED_MODEL_TYPES`` (llama, mistral, qwen2,
-    qwen3, gemma, gemma2, phi3). Accepts the transformers 5 RoPE form (``rope_parameters``) and
+    qwen3, gemma, gemma2, gemma3_text, phi3). Accepts the transformers 5 RoPE form (``rope_parameters``) and
     the older one (top-level ``rope_theta`` and ``rope_scaling``).
     """
     model_type = config.get("model_type")
@@ -55,7 +58,7 @@ def from_hf_config(config: dict[str, Any]) -> DecoderConfig:
         raise ValueError(
             f"from_hf_config: config.json (model_type {model_type!r}) lacks keys {missing}"
         )
-    rope_base, rope_scaling = _read_rope(config)
+    rope_base, rope_scaling, local_rope_base = _read_rope(config, record)
     sliding_window, layer_types = _read_sliding(config, record)
     return DecoderConfig(
         vocab_size=config["vocab_size"],
@@ -69,6 +72,7 @@ def from_hf_config(config: dict[str, Any]) -> DecoderConfig:
         norm_eps=config.get("rms_norm_eps", record.default_eps),
         rope_base=rope_base,
         rope_scaling=rope_scaling,
+        local_rope_base=local_rope_base,
         tie_embeddings=config.get("tie_word_embeddings", record.default_tie),
         attn_bias=record.has_attn_bias and config.get("attention_bias", False),
         mlp_bias=record.has_mlp_bias and config.get("mlp_bias", False),
@@ -102,15 +106,41 @@ def _read_sliding(config: dict[str, Any], record: Family) -> tuple[int | None, l
     if config.get("layer_types") is not None:
         return window, config["layer_types"]
     n_layers = config["num_hidden_layers"]
-    return window, record.layer_types(n_layers, config.get("max_window_layers"))
+    pattern = config.get("sliding_window_pattern", config.get("_sliding_window_pattern"))
+    return window, record.layer_types(n_layers, config.get("max_window_layers"), pattern)
 
 
-def _read_rope(config: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
-    """Return ``(rope_base, rope_scaling)`` from either config.json form."""
-    if config.get("rope_parameters") is not None:
-        params, source = config["rope_parameters"], "config.json rope_parameters"
-    else:
-        params, source = config.get("rope_scaling") or {}, "config.json rope_scaling"
+def _read_rope(
+    config: dict[str, Any], record: Family
+) -> tuple[float, dict[str, Any] | None, float | None]:
+    """Return ``(rope_base, rope_scaling, local_rope_base)`` from either config.json form.
+
+    transformers 5 writes Gemma 3's RoPE per layer kind (``rope_parameters`` keyed by
+    "full_attention" and "sliding_attention"); older files have ``rope_local_base_freq``.
+    """
+    params = config.get("rope_parameters")
+    if isinstance(params, dict) and "full_attention" in params:
+        local = params.get("sliding_attention") or {}
+        if local.get("rope_type", "default") != "default":
+            raise ValueError(
+                "config.json rope_parameters.sliding_attention: rope_type="
+                f"{local.get('rope_type')!r} is not supported; local layers take plain RoPE"
+            )
+        source = "config.json rope_parameters.full_attention"
+        base, scaling = _read_rope_params(config, params["full_attention"], source)
+        return base, scaling, float(local.get("rope_theta", _DEFAULT_LOCAL_ROPE_THETA))
+    local_base = None
+    if record.sliding == "pattern":
+        local_base = float(config.get("rope_local_base_freq", _DEFAULT_LOCAL_ROPE_THETA))
+    if params is not None:
+        return (*_read_rope_params(config, params, "config.json rope_parameters"), local_base)
+    scaling = config.get("rope_scaling") or {}
+    return (*_read_rope_params(config, scaling, "config.json rope_scaling"), local_base)
+
+
+def _read_rope_params(
+    config: dict[str, Any], params: dict[str, Any], source: str
+) -> tuple[float, dict[str, Any] | None]:
     partial = params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
     if partial != 1.0:
         raise ValueError(
@@ -133,9 +163,15 @@ def to_hf_config(cfg: DecoderConfig, dtype: torch.dtype = torch.float32) -> dict
     """
     record = family(cfg.model_type, "to_hf_config: DecoderConfig")
     _check_expressible(cfg, record)
-    rope_parameters = {"rope_type": "default", "rope_theta": cfg.rope_base}
+    rope_parameters: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_base}
     if cfg.rope_scaling is not None:
         rope_parameters = {**cfg.rope_scaling, "rope_theta": cfg.rope_base}
+    if record.sliding == "pattern":
+        local = cfg.rope_base if cfg.local_rope_base is None else cfg.local_rope_base
+        rope_parameters = {
+            "full_attention": rope_parameters,
+            "sliding_attention": {"rope_type": "default", "rope_theta": local},
+        }
     activation = {v: k for k, v in ACTIVATIONS.items()}[cfg.activation]
     hf = {
         "architectures": [record.architecture],
@@ -177,7 +213,7 @@ def _sliding_fields(cfg: DecoderConfig, record: Family) -> dict[str, Any]:
     fields: dict[str, Any] = {"sliding_window": cfg.sliding_window}
     if record.sliding == "qwen":
         fields["use_sliding_window"] = cfg.sliding_window is not None
-    if record.sliding in ("qwen", "alternate") and layer_types is not None:
+    if record.sliding in ("qwen", "alternate", "pattern") and layer_types is not None:
         fields["layer_types"] = list(layer_types)
     return fields
 
@@ -192,6 +228,8 @@ def _check_expressible(cfg: DecoderConfig, record: Family) -> None:
         variable.add("mlp_bias")
     if record.sliding != "none":
         variable |= {"sliding_window", "layer_types"}
+    if record.sliding == "pattern":
+        variable.add("local_rope_base")
     if record.sliding == "all" and cfg.layer_types is not None:
         raise ValueError(
             f"to_hf_config: model_type {cfg.model_type!r} slides in every layer or none; "

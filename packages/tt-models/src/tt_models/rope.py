@@ -1,4 +1,5 @@
-"""Rotary position embeddings in the Hugging Face rotate-half layout, with Llama 3.1 scaling."""
+"""Rotary position embeddings in the Hugging Face rotate-half layout, with Llama 3.1 or linear
+scaling."""
 
 from __future__ import annotations
 
@@ -15,10 +16,14 @@ def rope_inv_freq(
     scaling: dict[str, Any] | None = None,
     device: torch.device | None = None,
 ) -> torch.Tensor:
-    """Inverse frequencies ``[head_dim // 2]`` in fp32, Llama 3.1 scaled when ``scaling`` is set."""
+    """Inverse frequencies ``[head_dim // 2]`` in fp32, scaled as ``scaling`` says."""
     exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
     inv_freq = 1.0 / (base**exponents)
-    return inv_freq if scaling is None else _llama3_scale(inv_freq, scaling)
+    if scaling is None:
+        return inv_freq
+    if scaling["rope_type"] == "linear":
+        return inv_freq / scaling["factor"]
+    return _llama3_scale(inv_freq, scaling)
 
 
 def _llama3_scale(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.Tensor:

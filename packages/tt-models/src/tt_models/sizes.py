@@ -60,6 +60,21 @@ _GEMMA2 = dict(
     _GEMMA, model_type="gemma2", attn_softcap=50.0, final_softcap=30.0, sliding_window=4096,
     query_pre_attn_scalar=256,
 )  # fmt: skip
+# Gemma 3 (config.json of google/gemma-3-1b-pt and the text_config of gemma-3-{4b,12b,27b}-pt):
+# 5 local layers (RoPE theta 10K) to 1 global (theta 1M; linear scaling 8 from 4B on).
+_GEMMA3 = dict(
+    model_type="gemma3_text", activation="gelu_tanh", tie_embeddings=True, head_dim=256,
+    norm_eps=1e-6, rope_base=1_000_000.0, local_rope_base=10_000.0, query_pre_attn_scalar=256,
+    attn_softcap=None, final_softcap=None,
+)  # fmt: skip
+# The text towers of the multimodal 4B/12B/27B: the vocabulary holds the image tokens too.
+_GEMMA3_TOWER = {
+    **_GEMMA3,
+    "vocab_size": 262_208,
+    "max_seq_len": 131_072,
+    "sliding_window": 1024,
+    "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+}
 _PHI3 = dict(model_type="phi3", norm_eps=1e-5)
 _SMOLLM2 = dict(model_type="llama", vocab_size=49_152, max_seq_len=8192, tie_embeddings=True)
 # Dimensions shared by the 8B and 70B models of every Llama generation (GQA, 8 kv heads).
@@ -82,7 +97,7 @@ class Size:
     def config(self) -> DecoderConfig:
         family = FAMILIES[self.numbers["model_type"]]
         numbers = dict(self.numbers)
-        if family.sliding == "alternate":
+        if family.sliding in ("alternate", "pattern"):
             numbers["layer_types"] = tuple(family.layer_types(numbers["n_layers"]))
         return DecoderConfig(**{**family.fixed, **numbers})
 
@@ -119,6 +134,10 @@ SIZES: dict[str, Size] = {
     "gemma2_2b": Size("Gemma 2 2B (2.61B parameters).", {**_GEMMA2, **_dims(2304, 26, 8, 4, 9216)}),
     "gemma2_9b": Size("Gemma 2 9B (9.24B parameters).", {**_GEMMA2, **_dims(3584, 42, 16, 8, 14_336)}),
     "gemma2_27b": Size("Gemma 2 27B (27.2B parameters; queries scaled by (dim / n_heads) ** -0.5 = 144 ** -0.5, not head_dim 128).", {**_GEMMA2, **_dims(4608, 46, 32, 16, 36_864), "head_dim": 128, "query_pre_attn_scalar": 144}),
+    "gemma3_1b": Size("Gemma 3 1B (1.00B parameters, 512-token sliding window, 32K context).", {**_GEMMA3, "vocab_size": 262_144, "max_seq_len": 32_768, "sliding_window": 512, **_dims(1152, 26, 4, 1, 6912)}),
+    "gemma3_4b": Size("The text decoder of Gemma 3 4B (3.88B parameters; the model adds a 0.42B SigLIP image encoder).", {**_GEMMA3_TOWER, **_dims(2560, 34, 8, 4, 10_240)}),
+    "gemma3_12b": Size("The text decoder of Gemma 3 12B (11.8B parameters; plus the image encoder).", {**_GEMMA3_TOWER, **_dims(3840, 48, 16, 8, 15_360)}),
+    "gemma3_27b": Size("The text decoder of Gemma 3 27B (27.0B parameters; plus the image encoder; queries scaled by 168 ** -0.5).", {**_GEMMA3_TOWER, **_dims(5376, 62, 32, 16, 21_504), "head_dim": 128, "query_pre_attn_scalar": 168}),
     "phi3_mini": Size("Phi-3 mini 4K (3.82B parameters, 2047-token sliding window).", {**_PHI3, "vocab_size": 32_064, "max_seq_len": 4096, "sliding_window": 2047, **_dims(3072, 32, 32, None, 8192)}),
     "phi4_14b": Size("Phi-4 14B (14.7B parameters; the Phi-3 architecture with GQA).", {**_PHI3, "vocab_size": 100_352, "max_seq_len": 16_384, "rope_base": 250_000.0, **_dims(5120, 40, 40, 10, 17_920)}),
     "smollm2_135m": Size("SmolLM2 135M (134.5M parameters; Llama architecture, tied embeddings).", {**_SMOLLM2, "rope_base": 100_000.0, **_dims(576, 30, 9, 3, 1536)}),

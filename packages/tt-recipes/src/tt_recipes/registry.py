@@ -104,6 +104,8 @@ CONFIGS: dict[str, str] = {
     "gemma/2B_lora": "lora_finetune",
     "gemma2/2B_full": "full_finetune",
     "gemma2/2B_lora": "lora_finetune",
+    "gemma3/1B_full": "full_finetune",
+    "gemma3/1B_lora": "lora_finetune",
     "phi3/mini_full": "full_finetune",
     "phi3/mini_lora": "lora_finetune",
     "smollm2/135M_full": "full_finetune",

@@ -85,6 +85,20 @@ FAMILIES = {
             final_logit_softcapping=3.0,
         ),
     ),
+    "gemma3": (
+        "gemma3/1B_lora",
+        "Gemma3TextConfig",
+        dict(
+            head_dim=16,
+            query_pre_attn_scalar=24,
+            sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_parameters={
+                "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+            },
+        ),
+    ),
     "phi3": ("phi3/mini_lora", "Phi3Config", dict(sliding_window=8)),
 }
 
