@@ -94,6 +94,11 @@ FAMILY_CONFIGS = {
     "gemma": ("GemmaConfig", {"head_dim": 16}),
     "gemma2": ("Gemma2Config", {"head_dim": 16, "query_pre_attn_scalar": 16}),
     "gemma3_text": ("Gemma3TextConfig", {"head_dim": 16, "query_pre_attn_scalar": 16}),
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        {"head_dim": 16, "num_experts": 3, "num_experts_per_tok": 2, "moe_intermediate_size": 24},
+    ),
+    "mixtral": ("MixtralConfig", {"num_local_experts": 3, "num_experts_per_tok": 2}),
     "phi3": ("Phi3Config", {}),
 }
 
@@ -133,8 +138,15 @@ def expected_family_tt_keys(family: str) -> set[str]:
     for i in range(N_LAYERS):
         if family == "qwen2":
             keys |= {f"layers.{i}.attn.{p}_proj.bias" for p in "qkv"}
-        if family in ("qwen3", "gemma3_text"):
+        if family in ("qwen3", "gemma3_text", "qwen3_moe"):
             keys |= {f"layers.{i}.attn.q_norm.weight", f"layers.{i}.attn.k_norm.weight"}
         if family in ("gemma2", "gemma3_text"):
             keys |= {f"layers.{i}.attn_post_norm.weight", f"layers.{i}.mlp_post_norm.weight"}
+        if family in ("qwen3_moe", "mixtral"):  # a router and 3 experts instead of one MLP
+            keys -= {f"layers.{i}.mlp.{p}_proj.weight" for p in ("gate", "up", "down")}
+            keys |= {f"layers.{i}.mlp.router.weight"} | {
+                f"layers.{i}.mlp.experts.{e}.{p}_proj.weight"
+                for e in range(3)
+                for p in ("gate", "up", "down")
+            }
     return keys

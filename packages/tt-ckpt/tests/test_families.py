@@ -1,4 +1,4 @@
-"""Key maps of Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3 and Phi-3: a transformers checkpoint loads
+"""Key maps of Mistral, Qwen2, Qwen3, Qwen3-MoE, Mixtral, Gemma, Gemma 2, Gemma 3 and Phi-3: a transformers checkpoint loads
 into tt naming (picked from config.json's model_type) and saves back to one transformers loads
 with the same logits."""
 
@@ -71,6 +71,13 @@ def test_phi3_fused_projections_split_on_load(tmp_path):
         ("mistral", "layers.1.mlp.gate_proj", "model.layers.1.mlp.gate_proj"),
         ("gemma2", "layers.2.mlp_norm", "model.layers.2.pre_feedforward_layernorm"),
         ("gemma3_text", "layers.1.attn.k_norm", "model.layers.1.self_attn.k_norm"),
+        ("qwen3_moe", "layers.1.mlp.experts.7.up_proj", "model.layers.1.mlp.experts.7.up_proj"),
+        ("qwen3_moe", "layers.0.mlp.router", "model.layers.0.mlp.gate"),
+        (
+            "mixtral",
+            "layers.2.mlp.experts.5.up_proj",
+            "model.layers.2.block_sparse_moe.experts.5.w3",
+        ),
         ("phi3", "layers.0.attn.o_proj", "model.layers.0.self_attn.o_proj"),
         ("phi3", "layers.0.mlp.down_proj", "model.layers.0.mlp.down_proj"),
     ],

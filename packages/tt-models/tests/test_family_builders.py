@@ -35,6 +35,9 @@ PUBLISHED = {
     "gemma2_9b": 9_241_705_984,
     "gemma2_27b": 27_227_128_320,
     "gemma3_1b": 999_885_952,
+    "qwen3_moe_30b_a3b": 30_532_122_624,
+    "qwen3_moe_235b_a22b": 235_093_634_560,
+    "mixtral_8x7b": 46_702_792_704,
     "phi3_mini": 3_821_079_552,
     "phi4_14b": 14_659_507_200,
     "smollm2_135m": 134_515_008,
@@ -62,7 +65,7 @@ def test_config_json_round_trips(name):
 
 # The smallest size of each family: transformers builds the same architecture from our config.
 SMALLEST = ["qwen2_5_0_5b", "qwen3_0_6b", "mistral_7b", "gemma_2b", "gemma2_2b", "gemma3_1b",
-            "phi3_mini"]  # fmt: skip
+            "phi3_mini", "qwen3_moe_30b_a3b", "mixtral_8x7b"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", SMALLEST)
@@ -72,6 +75,18 @@ def test_transformers_builds_the_same_parameter_count(name, tmp_path):
     with torch.device("meta"):
         hf = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tmp_path))
     assert _n_params(hf) == PUBLISHED[name]
+
+
+# Parameters a token uses in the mixtures of experts (the "A3B"/"A22B" of their names; Mixtral's
+# model card: 12.9B active), from the same config: attention, router and top_k experts.
+ACTIVE = {"qwen3_moe_30b_a3b": 3_353_032_704, "qwen3_moe_235b_a22b": 22_190_763_520,
+          "mixtral_8x7b": 12_879_925_248}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVE))
+def test_mixture_of_experts_active_parameters(name):
+    model = getattr(tt_models, name)(device="meta")
+    assert tt_models.active_parameters(model) == ACTIVE[name]
 
 
 # Gemma 3 4B/12B/27B are published as multimodal models (the safetensors totals): their text

@@ -61,8 +61,8 @@ def test_rope_scores_depend_only_on_relative_position():
         (dict(head_dim=7), "head_dim=7 must be even"),
         (dict(norm_eps=0.0), "norm_eps=0.0 and rope_base=10000.0 must both be > 0"),
         (
-            dict(rope_scaling={"rope_type": "linear", "factor": 2.0}),
-            r"rope_scaling: rope_type='linear' is not supported; supported scaling types: \['llama3'\]",
+            dict(rope_scaling={"rope_type": "yarn", "factor": 2.0}),
+            r"rope_scaling: rope_type='yarn' is not supported; supported scaling types: \['llama3', 'linear'\]",
         ),
         (
             dict(rope_scaling={**LLAMA3_ROPE, "low_freq_factor": 4.0, "high_freq_factor": 1.0}),

@@ -66,6 +66,21 @@ def _split_fused(key: str, value: torch.Tensor, config: dict | None) -> dict[str
         gate, up = value.chunk(2)
         prefix = key.removesuffix("gate_up_proj.weight")
         return {f"{prefix}gate_proj.weight": gate, f"{prefix}up_proj.weight": up}
+    # transformers 5 holds a layer's experts as [n_experts, ...] tensors (gate rows first);
+    # tt has a FeedForward per expert and names the router mlp.router.
+    if key.endswith("mlp.experts.gate_up_proj"):
+        out = {}
+        for e, fused in enumerate(value):
+            gate, up = fused.chunk(2)
+            out[f"{key.removesuffix('gate_up_proj')}{e}.gate_proj.weight"] = gate
+            out[f"{key.removesuffix('gate_up_proj')}{e}.up_proj.weight"] = up
+        return out
+    if key.endswith("mlp.experts.down_proj"):
+        return {
+            f"{key.removesuffix('down_proj')}{e}.down_proj.weight": w for e, w in enumerate(value)
+        }
+    if key.endswith("mlp.gate.weight"):
+        return {key.replace("mlp.gate.", "mlp.router."): value}
     return {key: value}
 
 
@@ -94,7 +109,27 @@ def tt_to_hf_state_dict(
         for tt_text, hf_text in replacements:
             key = key.replace(tt_text, hf_text)
         renamed["lm_head.weight" if key == "output.weight" else f"model.{key}"] = value
+    if model_type in ("qwen3_moe", "mixtral"):
+        return _stack_experts(renamed)
     return _fuse(renamed) if model_type == "phi3" else renamed
+
+
+def _stack_experts(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """tt's per-expert FeedForwards -> transformers 5's [n_experts, ...] tensors."""
+    out, experts = {}, {}
+    for key, value in hf_state.items():
+        found = re.fullmatch(r"(.*\.mlp\.experts)\.(\d+)\.(\w+)_proj\.weight", key)
+        if found:
+            experts.setdefault(found[1], {}).setdefault(found[3], {})[int(found[2])] = value
+        else:
+            out[key.replace("mlp.router.", "mlp.gate.")] = value
+    for prefix, parts in experts.items():
+        n = len(parts["gate"])
+        out[f"{prefix}.gate_up_proj"] = torch.stack(
+            [torch.cat([parts["gate"][e], parts["up"][e]]) for e in range(n)]
+        )
+        out[f"{prefix}.down_proj"] = torch.stack([parts["down"][e] for e in range(n)])
+    return out
 
 
 def _fuse(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -189,6 +224,26 @@ FAMILIES = {
         ),
     ),
     "phi3": ("Phi3Config", dict(sliding_window=8)),
+    # Mixtures of experts: top-2 of 4 without renormalisation, top-1 of 3 with it (the
+    # renormalised weight is then 1), Mixtral's top-2 of 4 (always renormalised) sliding.
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        dict(head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48),
+    ),
+    "qwen3_moe_top1": (
+        "Qwen3MoeConfig",
+        dict(
+            head_dim=16,
+            num_experts=3,
+            num_experts_per_tok=1,
+            moe_intermediate_size=32,
+            norm_topk_prob=True,
+        ),
+    ),  # fmt: skip
+    "mixtral": (
+        "MixtralConfig",
+        dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=48, sliding_window=8),
+    ),
     # Gemma 3: 5 local layers to 1 global (layer 5), the global ones with linear RoPE
     # scaling and a theta of their own.
     "gemma3": (

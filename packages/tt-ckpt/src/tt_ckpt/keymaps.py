@@ -128,9 +128,10 @@ def _decoder_tables(
     for hf_norm, tt_norm, size in sized_norms:
         rules.append((f"model.layers.{{i}}.{hf_norm}.weight", f"layers.{{i}}.{tt_norm}.weight"))
         shapes.append((f"layers.{{i}}.{tt_norm}.weight", (size,)))
-    for name, hf_parent, tt_parent, out, in_ in linears:
+    for name, hf_parent, tt_parent, out, in_, *tt_name in linears:
+        tt = tt_name[0] if tt_name else name  # a 6th entry: the tt name, when it differs
         lin_rules, lin_shapes = _linear(
-            f"model.layers.{{i}}.{hf_parent}.{name}", f"layers.{{i}}.{tt_parent}.{name}", out, in_
+            f"model.layers.{{i}}.{hf_parent}.{name}", f"layers.{{i}}.{tt_parent}.{tt}", out, in_
         )
         rules += lin_rules
         shapes += lin_shapes
@@ -143,6 +144,31 @@ def _llama_like(family: str, **tables) -> KeyMap:
 
 
 _ROTARY_BUFFERS = ("model.layers.{i}.self_attn.rotary_emb.inv_freq",)
+
+
+def _moe_linears(block: str, names: dict[str, str], n_experts: str, width: str) -> tuple:
+    """Attention, the router and each expert ``{e}`` of a mixture-of-experts decoder layer:
+    ``block`` is the HF module holding them, ``names`` maps HF expert projections to tt's,
+    ``n_experts``/``width`` the config.json keys of the expert count and expert width."""
+    sizes = {"gate_proj": (width, "hidden_size"), "up_proj": (width, "hidden_size"),
+             "down_proj": ("hidden_size", width)}  # fmt: skip
+    experts = tuple(
+        (hf, f"{block}.experts.{{e}}", "mlp.experts.{e}", *sizes[tt], tt)
+        for hf, tt in names.items()
+    )
+    router = ("gate", block, "mlp", n_experts, "hidden_size", "router")
+    return (*_LINEARS[:4], router, *experts)
+
+
+_QWEN3_MOE_LINEARS = _moe_linears(
+    "mlp", {p: p for p in ("gate_proj", "up_proj", "down_proj")}, "num_experts",
+    "moe_intermediate_size",
+)  # fmt: skip
+# Mixtral's experts: w1 gates, w3 is the up projection, w2 the down projection.
+_MIXTRAL_LINEARS = _moe_linears(
+    "block_sparse_moe", {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"},
+    "num_local_experts", "intermediate_size",
+)  # fmt: skip
 # Phi-3 stores q/k/v as one qkv_proj and gate/up as one gate_up_proj (gate first).
 _PHI3_FUSED = (
     FusedTensor(
@@ -181,6 +207,8 @@ FAMILIES: dict[str, KeyMap] = {
     "gemma": _llama_like("gemma"),
     "gemma2": _llama_like("gemma2", norms=_GEMMA2_NORMS),
     "gemma3_text": _llama_like("gemma3_text", norms=_GEMMA2_NORMS, head_norms=_QK_NORMS),
+    "qwen3_moe": _llama_like("qwen3_moe", head_norms=_QK_NORMS, linears=_QWEN3_MOE_LINEARS),
+    "mixtral": _llama_like("mixtral", linears=_MIXTRAL_LINEARS),
     "phi3": PHI3,
 }
 
@@ -198,12 +226,19 @@ def _fill(pattern: str, groups: Mapping[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: groups[m.group(1)], pattern)
 
 
+# config.json keys that files spell either way (transformers 5 writes Qwen3-MoE's num_experts
+# as num_local_experts; the Hub's files have num_experts).
+CONFIG_ALIASES = {"num_experts": "num_local_experts"}
+
+
 def config_value(config: Mapping, name: str) -> int:
     """Read one dimension from a config.json dict, deriving ``head_dim``/kv heads if absent."""
     if name == "head_dim" and config.get("head_dim") is None:
         return config_value(config, "hidden_size") // config_value(config, "num_attention_heads")
     if name == "num_key_value_heads" and config.get(name) is None:
         return config_value(config, "num_attention_heads")
+    if name not in config and CONFIG_ALIASES.get(name) in config:
+        return int(config[CONFIG_ALIASES[name]])
     if name not in config:
         raise CheckpointError(
             f"config has no {name!r}, which is needed to know tensor sizes; config keys: "

@@ -14,6 +14,7 @@ from tt_models.attention import MultiHeadAttention
 from tt_models.config import DecoderConfig
 from tt_models.decoder import TransformerDecoder, TransformerSelfAttentionLayer
 from tt_models.feed_forward import FeedForward
+from tt_models.moe import MoEFeedForward
 from tt_models.norm import RMSNorm
 from tt_models.rope import RotaryEmbedding
 
@@ -51,11 +52,24 @@ def build_model(
 def _build_layer(cfg: DecoderConfig) -> TransformerSelfAttentionLayer:
     return TransformerSelfAttentionLayer(
         attn=_build_attention(cfg),
-        mlp=FeedForward(cfg.dim, cfg.hidden_dim, cfg.mlp_bias, cfg.activation),
+        mlp=_build_mlp(cfg),
         attn_norm=_norm(cfg, cfg.dim),
         mlp_norm=_norm(cfg, cfg.dim),
         attn_post_norm=_norm(cfg, cfg.dim) if cfg.post_norms else None,
         mlp_post_norm=_norm(cfg, cfg.dim) if cfg.post_norms else None,
+    )
+
+
+def _build_mlp(cfg: DecoderConfig) -> nn.Module:
+    if cfg.n_experts is None:
+        return FeedForward(cfg.dim, cfg.hidden_dim, cfg.mlp_bias, cfg.activation)
+    return MoEFeedForward(
+        cfg.dim,
+        cfg.expert_hidden_dim,
+        cfg.n_experts,
+        cfg.experts_per_token,
+        cfg.norm_topk_prob,
+        cfg.activation,
     )
 
 

@@ -62,6 +62,11 @@ class DecoderConfig:
             ``TransformerDecoder.logits_from_hidden``.
         query_pre_attn_scalar: attention scores are scaled by ``query_pre_attn_scalar ** -0.5``
             instead of ``head_dim ** -0.5`` (Gemma 2).
+        n_experts: None (a dense feed-forward), or the number of experts of every layer's
+            mixture-of-experts feed-forward (``tt_models.moe``; Qwen3-MoE, Mixtral).
+        experts_per_token: experts each token is routed to (top-k).
+        moe_hidden_dim: inner width of each expert; None means ``hidden_dim``.
+        norm_topk_prob: renormalise the top-k router probabilities to sum to 1 (Mixtral).
     """
 
     vocab_size: int
@@ -91,6 +96,10 @@ class DecoderConfig:
     attn_softcap: float | None = None
     final_softcap: float | None = None
     query_pre_attn_scalar: float | None = None
+    n_experts: int | None = None
+    experts_per_token: int = 2
+    moe_hidden_dim: int | None = None
+    norm_topk_prob: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "hidden_dim", "max_seq_len"):
@@ -147,10 +156,24 @@ class DecoderConfig:
             # One spelling per model, so that equal architectures compare equal.
             if self.sliding_window is None or set(self.layer_types) == {"sliding_attention"}:
                 self.layer_types = None
+        if self.n_experts is not None:
+            _check_positive_int("n_experts", self.n_experts)
+            _check_positive_int("experts_per_token", self.experts_per_token)
+            if self.experts_per_token > self.n_experts:
+                raise ValueError(
+                    f"DecoderConfig: experts_per_token={self.experts_per_token} must be at most "
+                    f"n_experts={self.n_experts}"
+                )
+            _check_positive_int("expert_hidden_dim", self.expert_hidden_dim)
         for name in ("attn_softcap", "final_softcap", "query_pre_attn_scalar"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"DecoderConfig: {name}={value!r} must be > 0 or None")
+
+    @property
+    def expert_hidden_dim(self) -> int:
+        """Inner width of each expert (``moe_hidden_dim``, else ``hidden_dim``)."""
+        return self.hidden_dim if self.moe_hidden_dim is None else self.moe_hidden_dim
 
     def layer_window(self, layer: int) -> int | None:
         """The sliding window of layer ``layer`` (None: it attends to the whole context)."""

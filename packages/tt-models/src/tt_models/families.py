@@ -36,6 +36,8 @@ class Family:
             the biases.
         fields: config.json keys read and written as they are, with the DecoderConfig field
             each fills and its default when absent (Gemma 2's soft-capping).
+        aliases: another spelling of a ``fields`` key that config.json files may carry
+            instead (transformers 5 writes Qwen3-MoE's ``num_experts`` as ``num_local_experts``).
     """
 
     architecture: str
@@ -49,6 +51,15 @@ class Family:
     has_attn_bias: bool = False
     has_mlp_bias: bool = False
     fields: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    def read_fields(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The DecoderConfig values of ``fields`` in ``config`` (a config.json dict)."""
+        values = {}
+        for key, (name, default) in self.fields.items():
+            alias = self.aliases.get(key)
+            values[name] = config.get(key, config.get(alias, default) if alias else default)
+        return values
 
     def layer_types(
         self, n_layers: int, first_full: int | None = None, pattern: int | None = None
@@ -116,6 +127,31 @@ FAMILIES: dict[str, Family] = {
             "attn_logit_softcapping": ("attn_softcap", None),
             "final_logit_softcapping": ("final_softcap", None),
             "query_pre_attn_scalar": ("query_pre_attn_scalar", 256),
+        },
+    ),
+    # Mixtures of experts: every layer's feed-forward is a router over experts.
+    "qwen3_moe": Family(
+        "Qwen3MoeForCausalLM",
+        fixed={"qk_norm": True},
+        sliding="qwen",
+        has_attn_bias=True,
+        fields={
+            "num_experts": ("n_experts", 128),
+            "num_experts_per_tok": ("experts_per_token", 8),
+            "moe_intermediate_size": ("moe_hidden_dim", 768),
+            "norm_topk_prob": ("norm_topk_prob", False),
+        },
+        aliases={"num_experts": "num_local_experts"},
+    ),
+    "mixtral": Family(
+        "MixtralForCausalLM",
+        fixed={"norm_topk_prob": True},
+        default_eps=1e-5,
+        sliding="all",
+        # the expert width is intermediate_size (moe_hidden_dim None: hidden_dim)
+        fields={
+            "num_local_experts": ("n_experts", 8),
+            "num_experts_per_tok": ("experts_per_token", 2),
         },
     ),
     "phi3": Family("Phi3ForCausalLM", default_eps=1e-5, sliding="all"),

@@ -39,6 +39,10 @@ _SWITCHES = (
     "final_softcap",
     "query_pre_attn_scalar",
     "local_rope_base",
+    "n_experts",
+    "experts_per_token",
+    "moe_hidden_dim",
+    "norm_topk_prob",
 )
 # Gemma 3's theta of local layers when its config.json predates per-layer-type RoPE.
 _DEFAULT_LOCAL_ROPE_THETA = 10_000.0
@@ -48,7 +52,7 @@ def from_hf_config(config: dict[str, Any]) -> DecoderConfig:
     """Read a transformers ``config.json`` dict into a ``DecoderConfig``.
 
     Supports the ``model_type`` values in ``SUPPORTED_MODEL_TYPES`` (llama, mistral, qwen2,
-    qwen3, gemma, gemma2, gemma3_text, phi3). Accepts the transformers 5 RoPE form (``rope_parameters``) and
+    qwen3, gemma, gemma2, gemma3_text, qwen3_moe, mixtral, phi3). Accepts the transformers 5 RoPE form (``rope_parameters``) and
     the older one (top-level ``rope_theta`` and ``rope_scaling``).
     """
     model_type = config.get("model_type")
@@ -57,6 +61,12 @@ def from_hf_config(config: dict[str, Any]) -> DecoderConfig:
     if missing:
         raise ValueError(
             f"from_hf_config: config.json (model_type {model_type!r}) lacks keys {missing}"
+        )
+    if config.get("mlp_only_layers") or config.get("decoder_sparse_step", 1) != 1:
+        raise ValueError(
+            f"from_hf_config: config.json mlp_only_layers={config.get('mlp_only_layers')} / "
+            f"decoder_sparse_step={config.get('decoder_sparse_step')}: tt's mixture-of-experts "
+            "models have experts in every layer ([] / 1)"
         )
     rope_base, rope_scaling, local_rope_base = _read_rope(config, record)
     sliding_window, layer_types = _read_sliding(config, record)
@@ -81,7 +91,7 @@ def from_hf_config(config: dict[str, Any]) -> DecoderConfig:
         sliding_window=sliding_window,
         layer_types=layer_types,
         **record.fixed,
-        **{name: config.get(key, default) for key, (name, default) in record.fields.items()},
+        **record.read_fields(config),
     )
 
 

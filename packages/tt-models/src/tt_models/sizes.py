@@ -75,6 +75,8 @@ _GEMMA3_TOWER = {
     "sliding_window": 1024,
     "rope_scaling": {"rope_type": "linear", "factor": 8.0},
 }
+_QWEN3_MOE = {**_QWEN3, "model_type": "qwen3_moe", "n_experts": 128, "experts_per_token": 8,
+              "norm_topk_prob": True}  # fmt: skip
 _PHI3 = dict(model_type="phi3", norm_eps=1e-5)
 _SMOLLM2 = dict(model_type="llama", vocab_size=49_152, max_seq_len=8192, tie_embeddings=True)
 # Dimensions shared by the 8B and 70B models of every Llama generation (GQA, 8 kv heads).
@@ -128,6 +130,9 @@ SIZES: dict[str, Size] = {
     "qwen3_8b": Size("Qwen3 8B (8.19B parameters).", {**_QWEN3, **_dims(4096, 36, 32, 8, 12_288)}),
     "qwen3_14b": Size("Qwen3 14B (14.8B parameters).", {**_QWEN3, **_dims(5120, 40, 40, 8, 17_408)}),
     "qwen3_32b": Size("Qwen3 32B (32.8B parameters).", {**_QWEN3, **_dims(5120, 64, 64, 8, 25_600)}),
+    "qwen3_moe_30b_a3b": Size("Qwen3-30B-A3B (30.5B parameters, 3.35B active: 8 of 128 experts per token).", {**_QWEN3_MOE, **_dims(2048, 48, 32, 4, 6144), "moe_hidden_dim": 768}),
+    "qwen3_moe_235b_a22b": Size("Qwen3-235B-A22B (235.1B parameters, 22.2B active: 8 of 128 experts per token).", {**_QWEN3_MOE, **_dims(4096, 94, 64, 4, 12_288), "moe_hidden_dim": 1536}),
+    "mixtral_8x7b": Size("Mixtral 8x7B v0.1 (46.7B parameters, 12.9B active: 2 of 8 experts per token).", dict(model_type="mixtral", vocab_size=32_000, max_seq_len=32_768, norm_eps=1e-5, rope_base=1_000_000.0, n_experts=8, experts_per_token=2, norm_topk_prob=True, **_dims(4096, 32, 32, 8, 14_336))),
     "mistral_7b": Size("Mistral 7B v0.1 (7.24B parameters, 4096-token sliding window).", dict(model_type="mistral", vocab_size=32_000, max_seq_len=32_768, norm_eps=1e-5, sliding_window=4096, **_dims(4096, 32, 32, 8, 14_336))),
     "gemma_2b": Size("Gemma 2B (2.51B parameters, multi-query attention).", {**_GEMMA, **_dims(2048, 18, 8, 1, 16_384)}),
     "gemma_7b": Size("Gemma 7B (8.54B parameters).", {**_GEMMA, **_dims(3072, 28, 16, 16, 24_576)}),

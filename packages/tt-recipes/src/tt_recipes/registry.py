@@ -106,6 +106,8 @@ CONFIGS: dict[str, str] = {
     "gemma2/2B_lora": "lora_finetune",
     "gemma3/1B_full": "full_finetune",
     "gemma3/1B_lora": "lora_finetune",
+    "qwen3_moe/30B_A3B_lora": "lora_finetune",
+    "mixtral/8x7B_qlora": "lora_finetune",
     "phi3/mini_full": "full_finetune",
     "phi3/mini_lora": "lora_finetune",
     "smollm2/135M_full": "full_finetune",
