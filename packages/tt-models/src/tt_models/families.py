@@ -81,6 +81,14 @@ def layer_type(sliding: bool) -> str:
 
 
 _GEMMA_FIXED = {"norm_offset": 1.0, "scale_embeddings": True}
+# What Gemma 2 and Gemma 3's config.json share (the activation under its newer key).
+_GEMMA2_LIKE: dict[str, Any] = {
+    "activation_key": "hidden_activation",
+    "activations": GEMMA_ACTIVATIONS,
+    "default_activation": "gelu_pytorch_tanh",
+    "default_tie": True,
+    "has_attn_bias": True,
+}
 FAMILIES: dict[str, Family] = {
     "llama": Family("LlamaForCausalLM", has_attn_bias=True, has_mlp_bias=True),
     "mistral": Family("MistralForCausalLM", sliding="all"),
@@ -99,12 +107,8 @@ FAMILIES: dict[str, Family] = {
     "gemma2": Family(
         "Gemma2ForCausalLM",
         fixed={**_GEMMA_FIXED, "post_norms": True},
-        activation_key="hidden_activation",
-        activations=GEMMA_ACTIVATIONS,
-        default_activation="gelu_pytorch_tanh",
-        default_tie=True,
         sliding="alternate",
-        has_attn_bias=True,
+        **_GEMMA2_LIKE,
         # transformers' Gemma2Config defaults; null in config.json disables a cap
         fields={
             "attn_logit_softcapping": ("attn_softcap", 50.0),
@@ -117,12 +121,8 @@ FAMILIES: dict[str, Family] = {
     "gemma3_text": Family(
         "Gemma3ForCausalLM",
         fixed={**_GEMMA_FIXED, "post_norms": True, "qk_norm": True},
-        activation_key="hidden_activation",
-        activations=GEMMA_ACTIVATIONS,
-        default_activation="gelu_pytorch_tanh",
-        default_tie=True,
         sliding="pattern",
-        has_attn_bias=True,
+        **_GEMMA2_LIKE,
         fields={
             "attn_logit_softcapping": ("attn_softcap", None),
             "final_logit_softcapping": ("final_softcap", None),

@@ -52,8 +52,9 @@ def from_hf_config(config: dict[str, Any]) -> DecoderConfig:
     """Read a transformers ``config.json`` dict into a ``DecoderConfig``.
 
     Supports the ``model_type`` values in ``SUPPORTED_MODEL_TYPES`` (llama, mistral, qwen2,
-    qwen3, gemma, gemma2, gemma3_text, qwen3_moe, mixtral, phi3). Accepts the transformers 5 RoPE form (``rope_parameters``) and
-    the older one (top-level ``rope_theta`` and ``rope_scaling``).
+    qwen3, gemma, gemma2, gemma3_text, qwen3_moe, mixtral, phi3). Accepts the transformers 5
+    RoPE form (``rope_parameters``) and the older one (top-level ``rope_theta`` and
+    ``rope_scaling``).
     """
     model_type = config.get("model_type")
     record = family(model_type, "from_hf_config: config.json")

@@ -9,7 +9,7 @@ Compute is grouped, never a loop over tokens: the (token, expert) pairs are sort
 and each expert runs once on its contiguous slice ("loop": one matmul per expert) or all at
 once on stacked weights with ``torch._grouped_mm`` ("grouped"); both give the same outputs.
 
-After each forward the block keeps ``aux_loss``, the load-balancing loss of Switch
+After each forward in training mode the block keeps ``aux_loss``, the load-balancing loss of Switch
 Transformer as transformers computes it (``n_experts * sum_e tokens_routed_to_e / tokens *
 mean_probability_e``: ``top_k`` when perfectly balanced; transformers' ``load_balancing_loss``
 is the mean over layers), and ``expert_load``, the fraction of routed pairs each expert got,
@@ -62,7 +62,8 @@ class MoEFeedForward(nn.Module):
         weights, chosen = torch.topk(probs, self.top_k, dim=-1)  # [t, top_k]
         if self.norm_topk_prob:
             weights = weights / weights.sum(dim=-1, keepdim=True)
-        self._record_balance(probs, chosen)
+        if self.training:  # evaluation and generation need neither (nor their cost)
+            self._record_balance(probs, chosen)
         # Every (token, expert) pair, sorted so that each expert's pairs are contiguous.
         order = chosen.flatten().argsort(stable=True)
         token_of_pair = order // self.top_k

@@ -124,6 +124,11 @@ def format_sample(sample: Mapping[str, Any], width: int = 60) -> str:
     return " | ".join(parts)
 
 
+def format_samples(samples: list[Mapping[str, Any]]) -> str:
+    """Samples in full, one paragraph each: the text a dashboard's sample panel shows."""
+    return "\n\n".join(format_sample(sample, width=10_000) for sample in samples)
+
+
 class StdoutLogger:
     """Prints one line per log call (through tqdm.write so a progress bar stays intact)."""
 
@@ -288,7 +293,7 @@ class TensorBoardLogger:
 
     def log_samples(self, samples: list[Mapping[str, Any]], step: int) -> None:
         if self._writer is not None:
-            text = "\n\n".join(format_sample(sample, width=10_000) for sample in samples)
+            text = format_samples(samples)
             self._writer.add_text("samples", text, global_step=step)
         if self._stdout is not None:
             self._stdout.log_samples(samples, step)
@@ -363,7 +368,7 @@ class MLflowLogger:
 
     def log_samples(self, samples: list[Mapping[str, Any]], step: int) -> None:
         if self._client is not None and samples:
-            text = "\n\n".join(format_sample(sample, width=10_000) for sample in samples)
+            text = format_samples(samples)
             self._client.log_text(self._run_id, text, f"samples/step_{step}.txt")
         if self._stdout is not None:
             self._stdout.log_samples(samples, step)
@@ -441,7 +446,7 @@ class CometLogger:
 
     def log_samples(self, samples: list[Mapping[str, Any]], step: int) -> None:
         if self._experiment is not None and samples:
-            text = "\n\n".join(format_sample(sample, width=10_000) for sample in samples)
+            text = format_samples(samples)
             self._experiment.log_text(text, step=step)
         if self._stdout is not None:
             self._stdout.log_samples(samples, step)

@@ -169,7 +169,7 @@ class HFTokenizer(TruncatingTokenizer):
 
     def encode(self, text: str, add_bos: bool = True, add_eos: bool = True) -> list[int]:
         """Token ids of ``text`` (special-token strings in it become their ids)."""
-        ids = self._tok.encode(text, add_special_tokens=False).ids
+        ids = self._plain(text)
         if add_bos and self.bos_id is not None:
             ids = [self.bos_id, *ids]
         return ids + [self.eos_id] if add_eos else ids
