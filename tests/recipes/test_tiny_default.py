@@ -117,5 +117,5 @@ def test_the_tiny_default_and_every_recipe_after_it(tmp_path: Path) -> None:
     # tiny/ppo: verifiable rewards on sums above 20; held-out sums answered greedily
     tt("run", "ppo", "--config", "tiny/ppo", cwd=tmp_path)
     reward = val(outputs / "tiny_ppo", "val_score")
-    # measured +0.25, +0.28, +0.31 (2 kernel paths, 2 hosts)
-    assert reward[max(reward)] > reward[0] + 0.15, reward
+    # measured +0.21 to +0.40 (an AMD EPYC: 2 kernel paths, 2 seeds, 2 tiny/full runs)
+    assert reward[max(reward)] > reward[0] + 0.12, reward
