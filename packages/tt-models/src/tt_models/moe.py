@@ -9,7 +9,7 @@ Compute is grouped, never a loop over tokens: the (token, expert) pairs are sort
 and each expert runs once on its contiguous slice ("loop": one matmul per expert) or all at
 once on stacked weights with ``torch._grouped_mm`` ("grouped"); both give the same outputs.
 
-After each forward in training mode the block keeps ``aux_loss``, the load-balancing loss of Switch
+After each forward that trains (training mode, gradients on) the block keeps ``aux_loss``, the load-balancing loss of Switch
 Transformer as transformers computes it (``n_experts * sum_e tokens_routed_to_e / tokens *
 mean_probability_e``: ``top_k`` when perfectly balanced; transformers' ``load_balancing_loss``
 is the mean over layers), and ``expert_load``, the fraction of routed pairs each expert got,
@@ -62,7 +62,9 @@ class MoEFeedForward(nn.Module):
         weights, chosen = torch.topk(probs, self.top_k, dim=-1)  # [t, top_k]
         if self.norm_topk_prob:
             weights = weights / weights.sum(dim=-1, keepdim=True)
-        if self.training:  # evaluation and generation need neither (nor their cost)
+        # Only a forward that trains needs them (not evaluation, generation or a reference
+        # model's no-grad pass, which would overwrite the policy's).
+        if self.training and torch.is_grad_enabled():
             self._record_balance(probs, chosen)
         # Every (token, expert) pair, sorted so that each expert's pairs are contiguous.
         order = chosen.flatten().argsort(stable=True)
@@ -95,6 +97,24 @@ class MoEFeedForward(nn.Module):
         routed_share = F.one_hot(chosen, n_experts).float().sum(dim=1).mean(dim=0)  # [n_experts]
         self.expert_load = (routed_share / self.top_k).detach()
         self.aux_loss = n_experts * (routed_share * probs.mean(dim=0)).sum()
+
+
+def take_balance(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The load-balancing loss (mean over ``model``'s mixture-of-experts blocks, with its graph)
+    and each block's expert load ``[blocks, n_experts]`` recorded since the last call, which
+    clears them; None when no block recorded any (a dense model, or nothing trained)."""
+    blocks = [
+        block
+        for block in model.modules()
+        if isinstance(block, MoEFeedForward) and block.aux_loss is not None
+    ]
+    if not blocks:
+        return None
+    aux = torch.stack([block.aux_loss for block in blocks]).mean()
+    load = torch.stack([block.expert_load for block in blocks])
+    for block in blocks:
+        block.aux_loss = block.expert_load = None
+    return aux, load
 
 
 def active_parameters(model: nn.Module) -> int:
