@@ -1,6 +1,8 @@
-"""A tiny Qwen3-MoE through the real `tt` command with the bundled qwen3_moe LoRA config: the
-loss falls, the load-balancing loss and the expert load are logged, and the saved PEFT adapter
-loads in peft onto the transformers model with the merged checkpoint's logits."""
+"""A tiny Qwen3-MoE through the real `tt` command with the bundled qwen3_moe LoRA config, its
+adapters on attention and on every expert: the loss falls, the load-balancing loss and the
+expert load are logged, and the saved PEFT adapter loads in peft onto the transformers model
+(whose experts are fused in memory: peft maps the per-expert adapters onto them) with the
+merged checkpoint's logits."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import peft
 import torch
 import transformers
 from recipe_testing import losses, records
+from safetensors.torch import load_file
 from tt_recipes import from_pretrained
 from tt_recipes.assets import asset_path
 from tt_recipes.checkpointing import complete_step_dirs
@@ -69,6 +72,7 @@ def test_qwen3_moe_lora_finetune_through_tt(tmp_path: Path) -> None:
         "lr_scheduler.num_warmup_steps=0",
         "peft.rank=8",
         "peft.alpha=16",
+        "peft.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]",
         "moe_aux_loss_coef=0.01",
     ]
     result = subprocess.run(
@@ -81,7 +85,7 @@ def test_qwen3_moe_lora_finetune_through_tt(tmp_path: Path) -> None:
 
     history = losses(out / "logs")
     first, last = history[1], sum(history[s] for s in range(STEPS - 4, STEPS + 1)) / 5
-    assert last < first - 0.5, history  # measured 6.24 -> 5.36
+    assert last < first - 0.5, history  # measured 6.24 -> 5.22 (mean of the last 5)
     logged = records(out / "logs", "aux_loss")
     assert sorted(logged) == list(range(1, STEPS + 1))
     for record in logged.values():
@@ -90,6 +94,9 @@ def test_qwen3_moe_lora_finetune_through_tt(tmp_path: Path) -> None:
         assert record["expert_load_min"] <= 1.0 + 1e-6 <= record["expert_load_max"] + 2e-6
 
     (step_dir,) = complete_step_dirs(out)
+    adapter = load_file(step_dir / "adapter" / "adapter_model.safetensors")
+    experts = [k for k in adapter if ".mlp.experts." in k and k.endswith("lora_B.weight")]
+    assert len(experts) == 2 * 4 * 3 and all(adapter[k].abs().max() > 0 for k in experts)
     tokens = torch.randint(0, TOKENIZER_VOCAB, (2, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         base_model = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()

@@ -71,11 +71,20 @@ class MoEFeedForward(nn.Module):
         token_of_pair = order // self.top_k
         counts = torch.bincount(chosen.flatten(), minlength=len(self.experts))
         routed = tokens[token_of_pair]
-        outputs = self._grouped(routed, counts) if self.compute == "grouped" else (
+        outputs = self._grouped(routed, counts) if self._can_group() else (
             self._loop(routed, counts))  # fmt: skip
         outputs = outputs * weights.flatten()[order, None].to(outputs.dtype)
         combined = torch.zeros_like(tokens).index_add_(0, token_of_pair, outputs)
         return combined.reshape(shape)
+
+    def _can_group(self) -> bool:
+        """Grouped compute stacks the experts' plain weights: experts with adapters or NF4
+        weights (LoRA, QLoRA) run the loop, which calls each expert module."""
+        return self.compute == "grouped" and all(
+            type(getattr(expert, name)) is nn.Linear
+            for expert in self.experts
+            for name in ("gate_proj", "up_proj", "down_proj")
+        )
 
     def _loop(self, routed: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         slices = routed.split(counts.tolist())
