@@ -7,7 +7,6 @@ merged checkpoint's logits."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,40 +14,13 @@ from pathlib import Path
 import peft
 import torch
 import transformers
-from recipe_testing import losses, records
+from recipe_testing import losses, records, save_tiny_qwen3_moe
 from safetensors.torch import load_file
 from tt_recipes import from_pretrained
-from tt_recipes.assets import asset_path
 from tt_recipes.checkpointing import complete_step_dirs
 
 STEPS = 30
 TOKENIZER_VOCAB = 456  # ids the tiny tokenizer can produce
-
-
-def save_tiny_qwen3_moe(directory: Path) -> None:
-    """4 experts, top 2, normalised top-k weights, a random router: the tiny tokenizer beside."""
-    config = transformers.Qwen3MoeConfig(
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        moe_intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        num_experts=4,
-        num_experts_per_tok=2,
-        norm_topk_prob=True,
-        max_position_embeddings=128,
-        tie_word_embeddings=False,
-        bos_token_id=None,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
-    for file in Path(asset_path("tiny_tokenizer")).iterdir():
-        shutil.copy(file, directory / file.name)
 
 
 def test_qwen3_moe_lora_finetune_through_tt(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 from tt_recipes.config import prepare_config
@@ -125,3 +126,34 @@ def preference_file_overrides(root: Path, train_pairs: int, val_pairs: int = 128
         "dataset_val.source=json",
         f"dataset_val.data_files={val}",
     ]
+
+
+def save_tiny_qwen3_moe(directory: Path) -> None:
+    """A random tiny transformers Qwen3-MoE (2 layers, 4 experts, top 2, normalised top-k
+    weights) with the tiny tokenizer beside it."""
+    import torch
+    import transformers
+    from tt_recipes.assets import asset_path
+
+    config = transformers.Qwen3MoeConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        moe_intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_experts=4,
+        num_experts_per_tok=2,
+        norm_topk_prob=True,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    for file in Path(asset_path("tiny_tokenizer")).iterdir():
+        shutil.copy(file, directory / file.name)
