@@ -90,3 +90,28 @@ def test_adapter_module_names(family, tt, hf):
 def test_phi3_fused_modules_cannot_take_per_projection_adapters(module):
     with pytest.raises(CheckpointError, match=r"fused HF modules cannot take per-projection"):
         tt_module_to_hf(f"layers.0.{module}", "phi3")
+
+
+def test_a_gemma3_multimodal_checkpoint_loads_its_text_decoder(tmp_path):
+    """Gemma3ForConditionalGeneration: the text tower's weights under a causal LM's names,
+    the vision tower and projector left out, the config its text_config's."""
+    import transformers
+
+    text_model = tiny_family_model("gemma3_text")
+    config = transformers.Gemma3Config(
+        text_config=text_model.config.to_dict(),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=28, patch_size=14),
+        mm_tokens_per_image=4,
+    )  # fmt: skip
+    multimodal = transformers.Gemma3ForConditionalGeneration(config)
+    multimodal.model.language_model.load_state_dict(text_model.model.state_dict())
+    multimodal.save_pretrained(tmp_path)
+    loaded_config, state_dict = load_hf_checkpoint(tmp_path)
+    assert loaded_config["model_type"] == "gemma3_text"
+    assert loaded_config["architectures"] == ["Gemma3ForCausalLM"]
+    assert set(state_dict) == expected_family_tt_keys("gemma3_text")
+    torch.testing.assert_close(
+        state_dict["layers.1.attn.k_norm.weight"],
+        text_model.model.layers[1].self_attn.k_norm.weight,
+    )

@@ -16,6 +16,7 @@ from tt_ckpt.errors import (
     UnknownKeyError,
 )
 from tt_ckpt.hf import (
+    TEXT_TOWERS,
     copy_auxiliary_files,
     load_hf_checkpoint,
     parse_size,
@@ -50,6 +51,7 @@ __all__ = [
     "UnknownKeyError",
     "atomic_directory",
     "check_shapes",
+    "TEXT_TOWERS",
     "copy_auxiliary_files",
     "download",
     "hub_repo_id",

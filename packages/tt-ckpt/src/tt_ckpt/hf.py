@@ -9,11 +9,14 @@ copied on save so the output directory works with transformers as is.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -27,6 +30,8 @@ from tt_ckpt.errors import (
 )
 from tt_ckpt.keymaps import check_shapes, get_keymap, hf_to_tt, tt_to_hf
 from tt_ckpt.state import atomic_directory, torch_load_dict
+
+log = logging.getLogger(__name__)
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -82,12 +87,105 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+@dataclass(frozen=True)
+class TextTower:
+    """The text decoder inside a multimodal checkpoint, which tt loads as a causal LM alone.
+
+    ``prefixes``: the text tower's weight-name prefixes -> a causal LM's (the Hub's files, then
+    transformers 5's in-memory names); every other weight (vision tower, projector) is left
+    out. ``defaults``: what transformers fills in where ``text_config`` leaves keys out (the
+    Hub's Gemma 3 4B/12B/27B configs list only what differs from them).
+    """
+
+    text_model_type: str
+    architecture: str
+    prefixes: dict[str, str]
+    defaults: dict[str, Any]
+
+
+TEXT_TOWERS: dict[str, TextTower] = {
+    # Gemma3ForConditionalGeneration; defaults are transformers' Gemma3TextConfig's.
+    "gemma3": TextTower(
+        text_model_type="gemma3_text",
+        architecture="Gemma3ForCausalLM",
+        prefixes={
+            "language_model.model.": "model.",
+            "language_model.lm_head.": "lm_head.",
+            "model.language_model.": "model.",
+        },
+        defaults={
+            "vocab_size": 262_208,
+            "hidden_size": 2304,
+            "intermediate_size": 9216,
+            "num_hidden_layers": 26,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 4,
+            "head_dim": 256,
+            "hidden_activation": "gelu_pytorch_tanh",
+            "max_position_embeddings": 131_072,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1_000_000.0,
+            "rope_local_base_freq": 10_000.0,
+            "query_pre_attn_scalar": 256,
+            "sliding_window": 4096,
+            "sliding_window_pattern": 6,
+            "final_logit_softcapping": None,
+            "attn_logit_softcapping": None,
+            "pad_token_id": 0,
+            "eos_token_id": 1,
+            "bos_token_id": 2,
+        },
+    ),
+}
+
+
 def read_hf_config(directory: str | Path) -> dict:
-    """Return the ``config.json`` of a Hugging Face model directory as a dict."""
+    """Return the ``config.json`` of a Hugging Face model directory as a dict.
+
+    For a multimodal checkpoint in ``TEXT_TOWERS`` it is its text decoder's config (its
+    ``text_config``, defaults filled in, as a causal LM's), which is what tt loads.
+    """
+    return text_tower_config(_config_file(directory))
+
+
+def _config_file(directory: str | Path) -> dict:
     path = Path(directory) / "config.json"
     if not path.is_file():
         raise MissingFilesError(directory, "config.json")
     return _read_json(path)
+
+
+def text_tower_config(config: dict) -> dict:
+    """``config`` itself, or for a multimodal one in ``TEXT_TOWERS`` its text decoder's config."""
+    tower = TEXT_TOWERS.get(config.get("model_type"))
+    if tower is None:
+        return config
+    text = {**tower.defaults, **(config.get("text_config") or {})}
+    for key in ("tie_word_embeddings", "dtype", "torch_dtype"):  # the top level's hold
+        if key in config:
+            text[key] = config[key]
+    text.update(model_type=tower.text_model_type, architectures=[tower.architecture])
+    return text
+
+
+def _text_tower_weights(
+    shard: dict[str, torch.Tensor], model_type: str | None, source: str
+) -> dict[str, torch.Tensor]:
+    """A multimodal checkpoint's text-tower weights under a causal LM's names (others left)."""
+    tower = TEXT_TOWERS.get(model_type)
+    if tower is None:
+        return shard
+    kept: dict[str, torch.Tensor] = {}
+    for key, tensor in shard.items():
+        prefix = next((p for p in tower.prefixes if key.startswith(p)), None)
+        if prefix is not None:
+            kept[tower.prefixes[prefix] + key.removeprefix(prefix)] = tensor
+    if len(kept) < len(shard):
+        log.info(
+            f"{source}: a {model_type} checkpoint; loading its text decoder "
+            f"({len(shard) - len(kept)} vision/projector tensors left out)"
+        )
+    return kept
 
 
 def _weight_files(directory: Path) -> tuple[list[Path], Path | None]:
@@ -178,7 +276,9 @@ def load_hf_checkpoint(
     weight files (names relative to ``directory``). Shapes are checked against the config.
     """
     directory = Path(directory)
-    config = read_hf_config(directory)
+    raw_config = _config_file(directory)
+    model_type = raw_config.get("model_type")  # e.g. gemma3: its text tower is what loads
+    config = text_tower_config(raw_config)
     family = _family(config, family, directory)
     index_path = None
     if files is None:
@@ -193,6 +293,7 @@ def load_hf_checkpoint(
     for path in paths:
         shard = _load_weight_file(path, device)
         loaded_hf_keys.update(shard)
+        shard = _text_tower_weights(shard, model_type, str(path))
         shard_tt = hf_to_tt(_cast(shard, dtype), family, config=config, source=str(path))
         check_shapes(shard_tt, config, family, source=str(path))
         state_dict.update(shard_tt)
