@@ -165,7 +165,7 @@ def test_a_mixture_of_experts_on_two_processes_matches_one(tmp_path: Path) -> No
     model_dir, two, one = tmp_path / "moe", tmp_path / "two", tmp_path / "one"
     save_tiny_qwen3_moe(model_dir)
     common = [*SHORT, f"checkpointer.checkpoint_dir={model_dir}", "~model",
-              "moe_aux_loss_coef=0.0"]  # fmt: skip
+              "moe_loss.aux_loss_coef=0.0"]  # fmt: skip
     out = torchrun(2, "full_finetune", "tiny/full", [f"output_dir={two}", *common, "batch_size=8"])
     assert "each process only its shards" in out
     run_recipe("full_finetune", "tiny/full", [f"output_dir={one}", *common, "batch_size=16"])

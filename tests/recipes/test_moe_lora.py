@@ -45,7 +45,8 @@ def test_qwen3_moe_lora_finetune_through_tt(tmp_path: Path) -> None:
         "peft.rank=8",
         "peft.alpha=16",
         "peft.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]",
-        "moe_aux_loss_coef=0.01",
+        "moe_loss.aux_loss_coef=0.01",
+        "moe_loss.z_loss_coef=0.001",
     ]
     result = subprocess.run(
         [sys.executable, "-m", "tt_cli", "run", "lora_finetune", "--config",
@@ -64,6 +65,7 @@ def test_qwen3_moe_lora_finetune_through_tt(tmp_path: Path) -> None:
         # 4 experts, top 2: the loss is 2 when perfectly balanced, and above it otherwise
         assert 2.0 - 1e-4 <= record["aux_loss"] <= 4.0, record
         assert record["expert_load_min"] <= 1.0 + 1e-6 <= record["expert_load_max"] + 2e-6
+        assert record["z_loss"] > 0
 
     (step_dir,) = complete_step_dirs(out)
     adapter = load_file(step_dir / "adapter" / "adapter_model.safetensors")

@@ -70,6 +70,25 @@ def test_aux_loss_is_transformers_load_balancing_loss():
     assert block.aux_loss.requires_grad and abs(block.expert_load.sum().item() - 1) < 1e-6
 
 
+def test_z_loss_is_switch_transformers_router_z_loss():
+    from transformers.models.switch_transformers.modeling_switch_transformers import (
+        router_z_loss_func,
+    )
+
+    block = _block("loop")
+    x = torch.randn(3, 5, 16)
+    block(x)
+    logits = block.router(x.reshape(-1, 16))
+    by_hand = (torch.logsumexp(logits, dim=-1) ** 2).mean()
+    torch.testing.assert_close(block.z_loss, by_hand)
+    torch.testing.assert_close(block.z_loss, router_z_loss_func(logits.reshape(3, 5, 4)))
+    assert block.z_loss.requires_grad
+    block.eval()  # evaluation records nothing
+    block.aux_loss = block.z_loss = None
+    block(x)
+    assert block.aux_loss is None and block.z_loss is None
+
+
 def test_bad_arguments_name_themselves():
     with pytest.raises(ValueError, match=r"top_k=5 must be in 1..n_experts=4"):
         MoEFeedForward(8, 8, n_experts=4, top_k=5, norm_topk_prob=False)

@@ -9,14 +9,18 @@ Compute is grouped, never a loop over tokens: the (token, expert) pairs are sort
 and each expert runs once on its contiguous slice ("loop": one matmul per expert) or all at
 once on stacked weights with ``torch._grouped_mm`` ("grouped"); both give the same outputs.
 
-After each forward that trains (training mode, gradients on) the block keeps ``aux_loss``, the load-balancing loss of Switch
-Transformer as transformers computes it (``n_experts * sum_e tokens_routed_to_e / tokens *
+After each forward that trains (training mode, gradients on) the block keeps, for a recipe
+to add to its objective and log: ``aux_loss``, the load-balancing loss of Switch Transformer
+as transformers computes it (``n_experts * sum_e tokens_routed_to_e / tokens *
 mean_probability_e``: ``top_k`` when perfectly balanced; transformers' ``load_balancing_loss``
-is the mean over layers), and ``expert_load``, the fraction of routed pairs each expert got,
-for a recipe to add to its objective and log.
+is the mean over layers); ``z_loss``, ST-MoE's router z-loss (``mean_t
+logsumexp(router_logits_t) ** 2``, which keeps the router's logits small); and
+``expert_load``, the fraction of routed pairs each expert got.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -53,19 +57,21 @@ class MoEFeedForward(nn.Module):
             FeedForward(dim, hidden_dim, activation=activation) for _ in range(n_experts)
         )
         self.aux_loss: torch.Tensor | None = None
+        self.z_loss: torch.Tensor | None = None
         self.expert_load: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         tokens = x.reshape(-1, shape[-1])
-        probs = F.softmax(self.router(tokens), dim=-1, dtype=torch.float32)  # [t, n_experts]
+        logits = self.router(tokens)
+        probs = F.softmax(logits, dim=-1, dtype=torch.float32)  # [t, n_experts]
         weights, chosen = torch.topk(probs, self.top_k, dim=-1)  # [t, top_k]
         if self.norm_topk_prob:
             weights = weights / weights.sum(dim=-1, keepdim=True)
         # Only a forward that trains needs them (not evaluation, generation or a reference
         # model's no-grad pass, which would overwrite the policy's).
         if self.training and torch.is_grad_enabled():
-            self._record_balance(probs, chosen)
+            self._record_balance(logits, probs, chosen)
         # Every (token, expert) pair, sorted so that each expert's pairs are contiguous.
         order = chosen.flatten().argsort(stable=True)
         token_of_pair = order // self.top_k
@@ -101,17 +107,28 @@ class MoEFeedForward(nn.Module):
         up = torch._grouped_mm(routed, stacked("up_proj"), offs=offsets)
         return torch._grouped_mm(activation(gate) * up, stacked("down_proj"), offs=offsets)
 
-    def _record_balance(self, probs: torch.Tensor, chosen: torch.Tensor) -> None:
+    def _record_balance(
+        self, logits: torch.Tensor, probs: torch.Tensor, chosen: torch.Tensor
+    ) -> None:
         n_experts = probs.shape[-1]
         routed_share = F.one_hot(chosen, n_experts).float().sum(dim=1).mean(dim=0)  # [n_experts]
         self.expert_load = (routed_share / self.top_k).detach()
         self.aux_loss = n_experts * (routed_share * probs.mean(dim=0)).sum()
+        self.z_loss = torch.logsumexp(logits.float(), dim=-1).square().mean()
 
 
-def take_balance(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The load-balancing loss (mean over ``model``'s mixture-of-experts blocks, with its graph)
-    and each block's expert load ``[blocks, n_experts]`` recorded since the last call, which
-    clears them; None when no block recorded any (a dense model, or nothing trained)."""
+class RouterLosses(NamedTuple):
+    """What a model's mixture-of-experts blocks recorded in a forward that trains."""
+
+    aux_loss: torch.Tensor  # load balancing, mean over blocks (with its graph)
+    z_loss: torch.Tensor  # router z-loss, mean over blocks (with its graph)
+    expert_load: torch.Tensor  # [blocks, n_experts]: each expert's share of routed pairs
+
+
+def take_balance(model: nn.Module) -> RouterLosses | None:
+    """The router losses and expert loads ``model``'s mixture-of-experts blocks recorded since
+    the last call, which clears them; None when none recorded any (a dense model, or nothing
+    trained)."""
     blocks = [
         block
         for block in model.modules()
@@ -119,11 +136,14 @@ def take_balance(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
     ]
     if not blocks:
         return None
-    aux = torch.stack([block.aux_loss for block in blocks]).mean()
-    load = torch.stack([block.expert_load for block in blocks])
+    losses = RouterLosses(
+        aux_loss=torch.stack([block.aux_loss for block in blocks]).mean(),
+        z_loss=torch.stack([block.z_loss for block in blocks]).mean(),
+        expert_load=torch.stack([block.expert_load for block in blocks]),
+    )
     for block in blocks:
-        block.aux_loss = block.expert_load = None
-    return aux, load
+        block.aux_loss = block.z_loss = block.expert_load = None
+    return losses
 
 
 def active_parameters(model: nn.Module) -> int:

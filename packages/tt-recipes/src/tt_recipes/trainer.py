@@ -33,7 +33,7 @@ import tt_dist
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from tt_data import padded_collate_packed, padded_collate_sft
-from tt_models import block_causal_mask, take_balance
+from tt_models import RouterLosses, block_causal_mask, take_balance
 
 from tt_recipes import checkpointing, console, interrupts, metric_logging, profiling, training
 from tt_recipes.config import (
@@ -89,12 +89,17 @@ TRAINING_KEYS: dict[str, ConfigKey] = {
     ),
     "loss": ConfigKey(component=True, doc="defaults to tt_recipes.losses.ChunkedCrossEntropy"),
     "clip_grad_norm": ConfigKey(float | None, default=None, min=0),
-    "moe_aux_loss_coef": ConfigKey(
-        float,
-        default=0.001,
-        min=0,
-        doc="weight of a mixture-of-experts model's load-balancing loss (transformers' "
-        "router_aux_loss_coef); dense models have none",
+    "moe_loss": ConfigKey(
+        keys={
+            "aux_loss_coef": ConfigKey(
+                float, default=0.001, min=0, doc="load balancing (router_aux_loss_coef)"
+            ),
+            "z_loss_coef": ConfigKey(
+                float, default=0.0, min=0, doc="ST-MoE's router z-loss (router_z_loss_coef)"
+            ),
+        },
+        default={},
+        doc="weights of a mixture-of-experts model's router losses (dense models have none)",
     ),
     "dtype": ConfigKey(
         str, default="fp32", choices=TRAINING_DTYPES, doc="fp32 | bf16 (fp16 needs loss scaling)"
@@ -532,23 +537,26 @@ def forward_backward(run: Run, micro_batches: list[Batch]) -> StepResult:
     for batch in micro_batches:
         out = run.objective.batch_loss(run, batch)
         loss = out.loss * (world / units)
-        balance = take_balance(run.model)
-        if balance is not None:  # a mixture of experts: its load-balancing loss joins in
-            aux, load = balance
-            loss = loss + run.cfg.moe_aux_loss_coef * aux / len(micro_batches)
-            out = BatchLoss(out.loss, {**out.metrics, **balance_metrics(aux, load)})
+        router = take_balance(run.model)
+        if router is not None:  # a mixture of experts: its router losses join in
+            coefs = run.cfg.moe_loss
+            extra = coefs.aux_loss_coef * router.aux_loss + coefs.z_loss_coef * router.z_loss
+            loss = loss + extra / len(micro_batches)
+            out = BatchLoss(out.loss, {**out.metrics, **router_metrics(router)})
         loss.backward()
         sums.add(out)
     means = sums.means(units)
     return StepResult(loss=means.pop("loss"), tokens=step_tokens(micro_batches), metrics=means)
 
 
-def balance_metrics(aux: torch.Tensor, load: torch.Tensor) -> dict[str, tuple[float, float]]:
-    """``aux_loss`` and the busiest and idlest expert's load relative to a perfectly balanced
-    one (``expert_load_max``/``_min``: 1.0 when balanced), means over the MoE blocks."""
-    relative = load * load.shape[-1]
+def router_metrics(router: RouterLosses) -> dict[str, tuple[float, float]]:
+    """``aux_loss``, ``z_loss`` and the busiest and idlest expert's load relative to a
+    perfectly balanced one (``expert_load_max``/``_min``: 1.0 when balanced), means over the
+    mixture-of-experts blocks."""
+    relative = router.expert_load * router.expert_load.shape[-1]
     return {
-        "aux_loss": (aux.item(), 1),
+        "aux_loss": (router.aux_loss.item(), 1),
+        "z_loss": (router.z_loss.item(), 1),
         "expert_load_max": (relative.max(dim=-1).values.mean().item(), 1),
         "expert_load_min": (relative.min(dim=-1).values.mean().item(), 1),
     }

@@ -37,9 +37,10 @@ def test_qlora_quantizes_every_expert_and_trains_the_adapters_alone() -> None:
     tokens = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
     model.train()
     logits = model(tokens)
-    aux, load = take_balance(model)
-    assert load.shape == (2, 4) and take_balance(model) is None  # taken, then cleared
-    (torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten()) + aux).backward()
+    router = take_balance(model)
+    assert router.expert_load.shape == (2, 4) and take_balance(model) is None  # then cleared
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten())
+    (loss + router.aux_loss + router.z_loss).backward()
     grads = {n: p.grad for n, p in adapter_params(model).items()}
     expert_grads = [g for n, g in grads.items() if ".experts." in n]
     assert len(expert_grads) == 2 * 4 * 3 * 2
