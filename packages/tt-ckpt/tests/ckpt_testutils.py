@@ -98,6 +98,15 @@ FAMILY_CONFIGS = {
         "Qwen3MoeConfig",
         {"head_dim": 16, "num_experts": 3, "num_experts_per_tok": 2, "moe_intermediate_size": 24},
     ),
+    "qwen2_moe": (
+        "Qwen2MoeConfig",
+        {
+            "num_experts": 3,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 24,
+            "shared_expert_intermediate_size": 40,
+        },
+    ),  # fmt: skip
     "mixtral": ("MixtralConfig", {"num_local_experts": 3, "num_experts_per_tok": 2}),
     "phi3": ("Phi3Config", {}),
 }
@@ -136,13 +145,18 @@ def expected_family_tt_keys(family: str) -> set[str]:
     tied = family in ("gemma", "gemma2", "gemma3_text")
     keys = expected_tt_keys(tied=tied)
     for i in range(N_LAYERS):
-        if family == "qwen2":
+        if family in ("qwen2", "qwen2_moe"):
             keys |= {f"layers.{i}.attn.{p}_proj.bias" for p in "qkv"}
         if family in ("qwen3", "gemma3_text", "qwen3_moe"):
             keys |= {f"layers.{i}.attn.q_norm.weight", f"layers.{i}.attn.k_norm.weight"}
         if family in ("gemma2", "gemma3_text"):
             keys |= {f"layers.{i}.attn_post_norm.weight", f"layers.{i}.mlp_post_norm.weight"}
-        if family in ("qwen3_moe", "mixtral"):  # a router and 3 experts instead of one MLP
+        if family == "qwen2_moe":  # and a shared expert behind a gate
+            keys |= {
+                f"layers.{i}.mlp.shared_expert.{p}_proj.weight" for p in ("gate", "up", "down")
+            }
+            keys |= {f"layers.{i}.mlp.shared_gate.weight"}
+        if family in ("qwen3_moe", "qwen2_moe", "mixtral"):  # a router and 3 experts, no MLP
             keys -= {f"layers.{i}.mlp.{p}_proj.weight" for p in ("gate", "up", "down")}
             keys |= {f"layers.{i}.mlp.router.weight"} | {
                 f"layers.{i}.mlp.experts.{e}.{p}_proj.weight"

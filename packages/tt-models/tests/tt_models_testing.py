@@ -81,6 +81,8 @@ def _split_fused(key: str, value: torch.Tensor, config: dict | None) -> dict[str
         }
     if key.endswith("mlp.gate.weight"):
         return {key.replace("mlp.gate.", "mlp.router."): value}
+    if key.endswith("mlp.shared_expert_gate.weight"):
+        return {key.replace("mlp.shared_expert_gate.", "mlp.shared_gate."): value}
     return {key: value}
 
 
@@ -109,7 +111,7 @@ def tt_to_hf_state_dict(
         for tt_text, hf_text in replacements:
             key = key.replace(tt_text, hf_text)
         renamed["lm_head.weight" if key == "output.weight" else f"model.{key}"] = value
-    if model_type in ("qwen3_moe", "mixtral"):
+    if model_type in ("qwen3_moe", "qwen2_moe", "mixtral"):
         return _stack_experts(renamed)
     return _fuse(renamed) if model_type == "phi3" else renamed
 
@@ -122,7 +124,8 @@ def _stack_experts(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
         if found:
             experts.setdefault(found[1], {}).setdefault(found[3], {})[int(found[2])] = value
         else:
-            out[key.replace("mlp.router.", "mlp.gate.")] = value
+            key = key.replace("mlp.router.", "mlp.gate.")
+            out[key.replace("mlp.shared_gate.", "mlp.shared_expert_gate.")] = value
     for prefix, parts in experts.items():
         n = len(parts["gate"])
         out[f"{prefix}.gate_up_proj"] = torch.stack(
@@ -238,6 +241,16 @@ FAMILIES = {
             num_experts_per_tok=1,
             moe_intermediate_size=32,
             norm_topk_prob=True,
+        ),
+    ),  # fmt: skip
+    # Qwen2-MoE: a shared expert (with its sigmoid gate) beside top-2 of 4 routed ones.
+    "qwen2_moe": (
+        "Qwen2MoeConfig",
+        dict(
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=48,
         ),
     ),  # fmt: skip
     "mixtral": (

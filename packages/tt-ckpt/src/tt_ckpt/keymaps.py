@@ -164,6 +164,19 @@ _QWEN3_MOE_LINEARS = _moe_linears(
     "mlp", {p: p for p in ("gate_proj", "up_proj", "down_proj")}, "num_experts",
     "moe_intermediate_size",
 )  # fmt: skip
+# Qwen2-MoE: Qwen3-MoE's experts beside a shared expert and its sigmoid gate (one output).
+_QWEN2_MOE_LINEARS = (
+    *_QWEN3_MOE_LINEARS,
+    *(
+        (p, "mlp.shared_expert", "mlp.shared_expert", *shape)
+        for p, shape in (
+            ("gate_proj", ("shared_expert_intermediate_size", "hidden_size")),
+            ("up_proj", ("shared_expert_intermediate_size", "hidden_size")),
+            ("down_proj", ("hidden_size", "shared_expert_intermediate_size")),
+        )
+    ),
+    ("shared_expert_gate", "mlp", "mlp", "1", "hidden_size", "shared_gate"),
+)
 # Mixtral's experts: w1 gates, w3 is the up projection, w2 the down projection.
 _MIXTRAL_LINEARS = _moe_linears(
     "block_sparse_moe", {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"},
@@ -208,6 +221,7 @@ FAMILIES: dict[str, KeyMap] = {
     "gemma2": _llama_like("gemma2", norms=_GEMMA2_NORMS),
     "gemma3_text": _llama_like("gemma3_text", norms=_GEMMA2_NORMS, head_norms=_QK_NORMS),
     "qwen3_moe": _llama_like("qwen3_moe", head_norms=_QK_NORMS, linears=_QWEN3_MOE_LINEARS),
+    "qwen2_moe": _llama_like("qwen2_moe", linears=_QWEN2_MOE_LINEARS),
     "mixtral": _llama_like("mixtral", linears=_MIXTRAL_LINEARS),
     "phi3": PHI3,
 }

@@ -70,6 +70,8 @@ def _build_mlp(cfg: DecoderConfig) -> nn.Module:
         cfg.experts_per_token,
         cfg.norm_topk_prob,
         cfg.activation,
+        shared_hidden_dim=cfg.shared_expert_hidden_dim,
+        shared_gate=cfg.shared_expert_gate,
     )
 
 

@@ -67,6 +67,10 @@ class DecoderConfig:
         experts_per_token: experts each token is routed to (top-k).
         moe_hidden_dim: inner width of each expert; None means ``hidden_dim``.
         norm_topk_prob: renormalise the top-k router probabilities to sum to 1 (Mixtral).
+        shared_expert_hidden_dim: None, or the inner width of a shared expert every token
+            takes beside its routed ones (Qwen2-MoE).
+        shared_expert_gate: the shared expert's output is scaled by a sigmoid gate (a
+            ``dim -> 1`` linear; Qwen2-MoE).
     """
 
     vocab_size: int
@@ -100,6 +104,8 @@ class DecoderConfig:
     experts_per_token: int = 2
     moe_hidden_dim: int | None = None
     norm_topk_prob: bool = False
+    shared_expert_hidden_dim: int | None = None
+    shared_expert_gate: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "hidden_dim", "max_seq_len"):
@@ -165,6 +171,15 @@ class DecoderConfig:
                     f"n_experts={self.n_experts}"
                 )
             _check_positive_int("expert_hidden_dim", self.expert_hidden_dim)
+            if self.shared_expert_hidden_dim is not None:
+                _check_positive_int("shared_expert_hidden_dim", self.shared_expert_hidden_dim)
+        elif self.shared_expert_hidden_dim is not None or self.shared_expert_gate:
+            raise ValueError(
+                "DecoderConfig: shared_expert_hidden_dim/shared_expert_gate need n_experts "
+                "(a shared expert sits beside routed ones)"
+            )
+        if self.shared_expert_gate and self.shared_expert_hidden_dim is None:
+            raise ValueError("DecoderConfig: shared_expert_gate needs shared_expert_hidden_dim")
         for name in ("attn_softcap", "final_softcap", "query_pre_attn_scalar"):
             value = getattr(self, name)
             if value is not None and not value > 0:

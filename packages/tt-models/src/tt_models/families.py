@@ -143,6 +143,20 @@ FAMILIES: dict[str, Family] = {
         },
         aliases={"num_experts": "num_local_experts"},
     ),
+    # Qwen1.5-MoE / Qwen2-MoE: Qwen2's attention, and a shared expert behind a sigmoid gate
+    # beside the routed ones (transformers' Qwen2MoeConfig defaults).
+    "qwen2_moe": Family(
+        "Qwen2MoeForCausalLM",
+        fixed={"qkv_bias": True, "shared_expert_gate": True},
+        sliding="qwen",
+        fields={
+            "num_experts": ("n_experts", 60),
+            "num_experts_per_tok": ("experts_per_token", 4),
+            "moe_intermediate_size": ("moe_hidden_dim", 1408),
+            "shared_expert_intermediate_size": ("shared_expert_hidden_dim", 5632),
+            "norm_topk_prob": ("norm_topk_prob", False),
+        },
+    ),
     "mixtral": Family(
         "MixtralForCausalLM",
         fixed={"norm_topk_prob": True},

@@ -43,6 +43,8 @@ _SWITCHES = (
     "experts_per_token",
     "moe_hidden_dim",
     "norm_topk_prob",
+    "shared_expert_hidden_dim",
+    "shared_expert_gate",
 )
 # Gemma 3's theta of local layers when its config.json predates per-layer-type RoPE.
 _DEFAULT_LOCAL_ROPE_THETA = 10_000.0
@@ -52,7 +54,7 @@ def from_hf_config(config: dict[str, Any]) -> DecoderConfig:
     """Read a transformers ``config.json`` dict into a ``DecoderConfig``.
 
     Supports the ``model_type`` values in ``SUPPORTED_MODEL_TYPES`` (llama, mistral, qwen2,
-    qwen3, gemma, gemma2, gemma3_text, qwen3_moe, mixtral, phi3). Accepts the transformers 5
+    qwen3, gemma, gemma2, gemma3_text, qwen3_moe, qwen2_moe, mixtral, phi3). Accepts the transformers 5
     RoPE form (``rope_parameters``) and the older one (top-level ``rope_theta`` and
     ``rope_scaling``).
     """

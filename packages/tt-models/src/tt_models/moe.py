@@ -1,4 +1,5 @@
-"""Mixture-of-experts feed-forward (Qwen3-MoE, Mixtral): a top-k router over gated experts.
+"""Mixture-of-experts feed-forward (Qwen3-MoE, Mixtral, Qwen2-MoE): a top-k router over gated
+experts, optionally beside a shared expert every token takes.
 
 Each token's router probabilities are a softmax over the experts (in fp32); the token goes to
 its ``top_k`` most probable experts, weighted by those probabilities (renormalised to sum to 1
@@ -43,6 +44,8 @@ class MoEFeedForward(nn.Module):
         norm_topk_prob: bool,
         activation: str = "silu",
         compute: str = "loop",
+        shared_hidden_dim: int | None = None,
+        shared_gate: bool = False,
     ) -> None:
         super().__init__()
         if not 1 <= top_k <= n_experts:
@@ -56,6 +59,13 @@ class MoEFeedForward(nn.Module):
         self.experts = nn.ModuleList(
             FeedForward(dim, hidden_dim, activation=activation) for _ in range(n_experts)
         )
+        # An expert every token takes (Qwen2-MoE), scaled by a sigmoid gate when shared_gate.
+        self.shared_expert = (
+            None
+            if shared_hidden_dim is None
+            else FeedForward(dim, shared_hidden_dim, activation=activation)
+        )
+        self.shared_gate = nn.Linear(dim, 1, bias=False) if shared_gate else None
         self.aux_loss: torch.Tensor | None = None
         self.z_loss: torch.Tensor | None = None
         self.expert_load: torch.Tensor | None = None
@@ -81,6 +91,11 @@ class MoEFeedForward(nn.Module):
             self._loop(routed, counts))  # fmt: skip
         outputs = outputs * weights.flatten()[order, None].to(outputs.dtype)
         combined = torch.zeros_like(tokens).index_add_(0, token_of_pair, outputs)
+        if self.shared_expert is not None:
+            shared = self.shared_expert(tokens)
+            if self.shared_gate is not None:
+                shared = torch.sigmoid(self.shared_gate(tokens)) * shared
+            combined = combined + shared
         return combined.reshape(shape)
 
     def _can_group(self) -> bool:
