@@ -420,6 +420,9 @@ class CometLogger:
         print_to_stdout: bool = True,
         **config_kwargs: Any,
     ):
+        # comet_ml sends its own errors to Comet's Sentry from half the processes that import
+        # it (offline runs included); off unless the user turns it on.
+        os.environ.setdefault("COMET_ERROR_TRACKING_ENABLE", "false")
         try:
             import comet_ml
         except ImportError as e:

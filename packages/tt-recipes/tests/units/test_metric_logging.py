@@ -8,6 +8,7 @@ these tests must run, not skip.
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -144,7 +145,10 @@ def test_mlflow_logger_writes_metrics_params_and_samples(
     assert (run.data.params["optimizer.lr"], run.data.params["epochs"]) == ("0.1", "2")
 
 
-def test_comet_logger_offline_archives_metrics_and_params(tmp_path: Path) -> None:
+def test_comet_logger_offline_archives_metrics_and_params(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("COMET_ERROR_TRACKING_ENABLE", raising=False)
     logger = CometLogger(project="tt-test", online=False, offline_directory=str(tmp_path),
                          log_code=False, print_to_stdout=False, display_summary_level=0)  # fmt: skip
     logger.log_config({"optimizer": {"lr": 0.1}})
@@ -157,6 +161,8 @@ def test_comet_logger_offline_archives_metrics_and_params(tmp_path: Path) -> Non
     metrics = [m["payload"]["metric"] for m in messages if m["type"] == "metric_msg"]
     losses = [(m["step"], m["metricValue"]) for m in metrics if m["metricName"] == "loss"]
     assert losses == [(1, 2.5), (2, 1.5)]
+    # comet_ml's own error reports to Sentry stay off unless the user turns them on
+    assert os.environ["COMET_ERROR_TRACKING_ENABLE"] == "false"
     params = [m["payload"]["param"] for m in messages if m["type"] == "parameter_msg"]
     assert {"paramName": "optimizer.lr", "paramValue": "0.1"} in [
         {k: p[k] for k in ("paramName", "paramValue")} for p in params
