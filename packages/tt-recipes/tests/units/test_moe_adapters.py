@@ -66,3 +66,24 @@ def test_grouped_compute_runs_the_loop_for_experts_with_adapters() -> None:
     plain = MoEFeedForward(16, 32, n_experts=4, top_k=2, norm_topk_prob=False)
     plain.load_state_dict({k: v for k, v in loop.state_dict().items() if "lora" not in k})
     assert (plain(x) - loop(x)).abs().max() > 1e-3
+
+
+def test_router_losses_keep_their_gradients_under_activation_checkpointing() -> None:
+    """A checkpointed block recomputes its forward in backward; the router losses recorded in
+    the first forward still carry the same gradients to the router."""
+    from tt_recipes.training import enable_activation_checkpointing
+
+    def gradients(checkpointed: bool) -> dict[str, torch.Tensor]:
+        model = tiny_moe()
+        if checkpointed:
+            enable_activation_checkpointing(model)
+        tokens = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
+        logits = model(tokens)
+        router = take_balance(model)
+        (logits.logsumexp(-1).mean() + router.aux_loss + 0.1 * router.z_loss).backward()
+        return {name: p.grad for name, p in model.named_parameters()}
+
+    plain, recomputed = gradients(False), gradients(True)
+    assert plain["layers.0.mlp.router.weight"].abs().max() > 0
+    for name in plain:
+        torch.testing.assert_close(recomputed[name], plain[name], rtol=0, atol=0, msg=name)
