@@ -14,7 +14,7 @@ from pathlib import Path
 import peft
 import torch
 import transformers
-from recipe_testing import losses, records, save_tiny_qwen3_moe
+from recipe_testing import lora_overrides, losses, records, save_tiny_qwen3_moe
 from safetensors.torch import load_file
 from tt_recipes import from_pretrained
 from tt_recipes.checkpointing import complete_step_dirs
@@ -27,23 +27,7 @@ def test_qwen3_moe_lora_finetune_through_tt(tmp_path: Path) -> None:
     model_dir, out = tmp_path / "model", tmp_path / "out"
     save_tiny_qwen3_moe(model_dir)
     overrides = [
-        f"output_dir={out}",
-        f"checkpointer.checkpoint_dir={model_dir}",
-        "dataset={_component_: tt_data.synthetic_arithmetic, n: 480, seed: 0}",
-        "dataset_val=null",
-        "run_val_every_n_steps=null",
-        "batch_size=16",
-        "gradient_accumulation_steps=1",
-        f"max_steps_per_epoch={STEPS}",
-        "save_every_n_steps=null",
-        "log_every_n_steps=1",
-        "dtype=fp32",
-        "device=cpu",
-        "enable_activation_checkpointing=false",
-        "optimizer.lr=1e-2",
-        "lr_scheduler.num_warmup_steps=0",
-        "peft.rank=8",
-        "peft.alpha=16",
+        *lora_overrides(model_dir, out, STEPS, batch_size=16),
         "peft.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]",
         "moe_loss.aux_loss_coef=0.01",
         "moe_loss.z_loss_coef=0.001",

@@ -83,8 +83,11 @@ def test_z_loss_is_switch_transformers_router_z_loss():
     torch.testing.assert_close(block.z_loss, by_hand)
     torch.testing.assert_close(block.z_loss, router_z_loss_func(logits.reshape(3, 5, 4)))
     assert block.z_loss.requires_grad
-    block.eval()  # evaluation records nothing
     block.aux_loss = block.z_loss = None
+    with torch.no_grad():  # a reference model's or a rollout's pass records nothing
+        block(x)
+    assert block.aux_loss is None and block.z_loss is None
+    block.eval()  # nor does evaluation
     block(x)
     assert block.aux_loss is None and block.z_loss is None
 

@@ -26,7 +26,13 @@ from tt_models.generation import generate, generate_stream
 from tt_models.hf_config import SUPPORTED_MODEL_TYPES, from_hf_config, to_hf_config
 from tt_models.kv_cache import KVCache
 from tt_models.masks import block_causal_mask, padded_mask_and_positions
-from tt_models.moe import MoEFeedForward, RouterLosses, active_parameters, take_balance
+from tt_models.moe import (
+    MoEFeedForward,
+    RouterLosses,
+    active_parameters,
+    moe_blocks,
+    take_balance,
+)
 from tt_models.norm import RMSNorm
 from tt_models.rope import RotaryEmbedding, apply_rope, rope_inv_freq
 from tt_models.scorer import TransformerScorer, at_last_token, last_token_index
@@ -48,6 +54,7 @@ __all__ = [
     "TransformerScorer",
     "TransformerSelfAttentionLayer",
     "active_parameters",
+    "moe_blocks",
     "take_balance",
     "at_last_token",
     "last_token_index",

@@ -140,15 +140,17 @@ class RouterLosses(NamedTuple):
     expert_load: torch.Tensor  # [blocks, n_experts]: each expert's share of routed pairs
 
 
-def take_balance(model: nn.Module) -> RouterLosses | None:
-    """The router losses and expert loads ``model``'s mixture-of-experts blocks recorded since
+def moe_blocks(model: nn.Module) -> list[MoEFeedForward]:
+    """``model``'s mixture-of-experts blocks (none for a dense model). Find them once: a
+    walk over every module of a large MoE takes tens of milliseconds."""
+    return [block for block in model.modules() if isinstance(block, MoEFeedForward)]
+
+
+def take_balance(blocks: list[MoEFeedForward]) -> RouterLosses | None:
+    """The router losses and expert loads ``blocks`` (``moe_blocks(model)``) recorded since
     the last call, which clears them; None when none recorded any (a dense model, or nothing
     trained)."""
-    blocks = [
-        block
-        for block in model.modules()
-        if isinstance(block, MoEFeedForward) and block.aux_loss is not None
-    ]
+    blocks = [block for block in blocks if block.aux_loss is not None]
     if not blocks:
         return None
     losses = RouterLosses(

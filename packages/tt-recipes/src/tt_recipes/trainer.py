@@ -33,7 +33,7 @@ import tt_dist
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from tt_data import padded_collate_packed, padded_collate_sft
-from tt_models import RouterLosses, block_causal_mask, take_balance
+from tt_models import RouterLosses, block_causal_mask, moe_blocks, take_balance
 
 from tt_recipes import checkpointing, console, interrupts, metric_logging, profiling, training
 from tt_recipes.config import (
@@ -271,6 +271,8 @@ class Run:
     progress: Progress
     # More parts saved in and restored from every checkpoint (e.g. a rollout position).
     extra_state: dict[str, checkpointing.Stateful] = field(default_factory=dict)
+    # The model's mixture-of-experts blocks, whose router losses join the objective.
+    moe_blocks: list[Any] = field(default_factory=list)
 
 
 @contextmanager
@@ -390,6 +392,7 @@ def setup(
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         progress=Progress(global_batch_size=cfg.batch_size * ga * dist.world_size),
+        moe_blocks=moe_blocks(model),
     )
     logger.log_config(OmegaConf.to_container(cfg, resolve=True))
     log.info(
@@ -537,7 +540,7 @@ def forward_backward(run: Run, micro_batches: list[Batch]) -> StepResult:
     for batch in micro_batches:
         out = run.objective.batch_loss(run, batch)
         loss = out.loss * (world / units)
-        router = take_balance(run.model)
+        router = take_balance(run.moe_blocks)
         if router is not None:  # a mixture of experts: its router losses join in
             coefs = run.cfg.moe_loss
             extra = coefs.aux_loss_coef * router.aux_loss + coefs.z_loss_coef * router.z_loss

@@ -157,3 +157,33 @@ def save_tiny_qwen3_moe(directory: Path) -> None:
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
     for file in Path(asset_path("tiny_tokenizer")).iterdir():
         shutil.copy(file, directory / file.name)
+
+
+def lora_overrides(model_dir: Path, out: Path, steps: int, batch_size: int = 8) -> list[str]:
+    """A bundled LoRA config made tiny for the model in ``model_dir``: fp32 on CPU, ``steps``
+    steps of arithmetic, no validation, every step logged, saved only at the end.
+
+    The learning rate is raised and its warmup removed so that a few steps move the adapter
+    far enough for logit checks to see it; the rank must fit tiny k/v projections (32
+    outputs) and alpha / rank stays at the bundled configs' 2.
+    """
+    n = steps * batch_size
+    return [
+        f"output_dir={out}",
+        f"checkpointer.checkpoint_dir={model_dir}",
+        f"dataset={{_component_: tt_data.synthetic_arithmetic, n: {n}, seed: 0}}",
+        "dataset_val=null",
+        "run_val_every_n_steps=null",
+        f"batch_size={batch_size}",
+        "gradient_accumulation_steps=1",
+        f"max_steps_per_epoch={steps}",
+        "save_every_n_steps=null",
+        "log_every_n_steps=1",
+        "dtype=fp32",
+        "device=cpu",
+        "enable_activation_checkpointing=false",
+        "optimizer.lr=1e-2",
+        "lr_scheduler.num_warmup_steps=0",
+        "peft.rank=8",
+        "peft.alpha=16",
+    ]

@@ -26,7 +26,7 @@ import pytest
 import torch
 import transformers
 from omegaconf import OmegaConf
-from recipe_testing import losses, run_recipe
+from recipe_testing import lora_overrides, losses, run_recipe
 from safetensors.torch import load_file
 from tt_recipes import from_pretrained
 from tt_recipes.assets import asset_path
@@ -133,34 +133,6 @@ def save_tiny_model(family: str, directory: Path) -> None:
         shutil.copy(file, directory / file.name)
 
 
-def train_overrides(model_dir: Path, out: Path) -> list[str]:
-    """The bundled config made tiny: fp32 on CPU, 3 steps of arithmetic, no validation.
-
-    The learning rate is raised and its warmup removed so that 3 steps move the adapter far
-    enough for the logit checks to see it; the rank must fit the tiny k/v projections (32
-    outputs) and alpha / rank stays at the bundled configs' 2.
-    """
-    return [
-        f"output_dir={out}",
-        f"checkpointer.checkpoint_dir={model_dir}",
-        "dataset={_component_: tt_data.synthetic_arithmetic, n: 48, seed: 0}",
-        "dataset_val=null",
-        "run_val_every_n_steps=null",
-        "batch_size=8",
-        "gradient_accumulation_steps=1",
-        f"max_steps_per_epoch={STEPS}",
-        "save_every_n_steps=null",
-        "log_every_n_steps=1",
-        "dtype=fp32",
-        "device=cpu",
-        "enable_activation_checkpointing=false",
-        "optimizer.lr=1e-2",
-        "lr_scheduler.num_warmup_steps=0",
-        "peft.rank=8",
-        "peft.alpha=16",
-    ]
-
-
 def bundled_targets(config: str) -> list[str]:
     path, _ = resolve_config(config)
     return list(OmegaConf.load(path).peft.target_modules)
@@ -173,7 +145,7 @@ def test_bundled_lora_config_trains_and_saves_peft_and_merged_models(
     config = FAMILIES[family][0]
     model_dir, out = tmp_path / "model", tmp_path / "out"
     save_tiny_model(family, model_dir)
-    run_recipe("lora_finetune", config, train_overrides(model_dir, out))
+    run_recipe("lora_finetune", config, lora_overrides(model_dir, out, STEPS))
 
     history = losses(out / "logs")
     assert sorted(history) == list(range(1, STEPS + 1))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 import tt_models
-from tt_models import DecoderConfig, build_model, take_balance
+from tt_models import DecoderConfig, build_model, moe_blocks, take_balance
 from tt_models.moe import MoEFeedForward
 from tt_peft import adapter_params, apply_lora, mark_only_adapters_trainable
 from tt_peft._nf4 import is_nf4
@@ -25,7 +25,7 @@ def tiny_moe() -> tt_models.TransformerDecoder:
 def test_qlora_quantizes_every_expert_and_trains_the_adapters_alone() -> None:
     model = apply_lora(tiny_moe(), EVERY_LINEAR, rank=4, alpha=8, quantize_base=True)
     mark_only_adapters_trainable(model)
-    blocks = [m for m in model.modules() if isinstance(m, MoEFeedForward)]
+    blocks = moe_blocks(model)
     assert len(blocks) == 2
     experts = [getattr(e, n) for b in blocks for e in b.experts for n in EVERY_LINEAR[4:]]
     assert len(experts) == 2 * 4 * 3 and all(is_nf4(p.weight) for p in experts)
@@ -37,8 +37,10 @@ def test_qlora_quantizes_every_expert_and_trains_the_adapters_alone() -> None:
     tokens = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
     model.train()
     logits = model(tokens)
-    router = take_balance(model)
-    assert router.expert_load.shape == (2, 4) and take_balance(model) is None  # then cleared
+    router = take_balance(moe_blocks(model))
+    assert (
+        router.expert_load.shape == (2, 4) and take_balance(moe_blocks(model)) is None
+    )  # then cleared
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten())
     (loss + router.aux_loss + router.z_loss).backward()
     grads = {n: p.grad for n, p in adapter_params(model).items()}
@@ -79,7 +81,7 @@ def test_router_losses_keep_their_gradients_under_activation_checkpointing() -> 
             enable_activation_checkpointing(model)
         tokens = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
         logits = model(tokens)
-        router = take_balance(model)
+        router = take_balance(moe_blocks(model))
         (logits.logsumexp(-1).mean() + router.aux_loss + 0.1 * router.z_loss).backward()
         return {name: p.grad for name, p in model.named_parameters()}
 
