@@ -101,12 +101,7 @@ TORCHTUNE_CONFIGS = "torchtune==0.6.1"
 def integration(session: nox.Session) -> None:
     """Everything installed together; runs the cross-package tests in tests/."""
     extras = {k: v[1] for k, v in PACKAGES.items()}
-    # Without mlflow and comet_ml (their loggers are tested in the tt-recipes session): with
-    # them installed, the 2-process QLoRA tests crashed ("malloc(): unaligned tcache chunk
-    # detected") in 4 of 8 runs here, and passed 8 of 8 without. Not yet understood.
-    loggers = ("mlflow", "comet")
-    extras["tt-recipes"] = [e for e in extras["tt-recipes"] if e not in loggers]
-    extras["tt-recipes"].append("bnb")  # torchtune configs' paged AdamW
+    extras["tt-recipes"] = [*extras["tt-recipes"], "bnb"]  # torchtune configs' paged AdamW
     _install(session, list(PACKAGES), extras)
     # torchtune's shipped configs, which tests/torchtune runs through tt. Without its
     # dependencies: tt never imports torchtune (its own torchao pin is older than tt's), the

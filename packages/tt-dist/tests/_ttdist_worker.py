@@ -4,7 +4,8 @@ train_save: meta init -> shard -> load full weights -> 2 steps -> DCP save -> 2 
             then the same with optimizer-in-backward and activation checkpointing.
 resume:     sharded model restored from CKPT_DIR, trained to the end.
 nf4:        meta init with NF4 fc1 weights -> shard -> load full-precision weights; each rank
-            checks its NF4 shard against the whole-tensor quantization, then trains.
+            checks its NF4 shard against the whole-tensor quantization, then trains; the
+            gathered full state dict holds the whole NF4 weights.
 Rank 0 writes losses and the gathered final weights to OUT_DIR.
 """
 
@@ -54,6 +55,21 @@ def check_nf4_shards(out: Path, model: torch.nn.Module, rank: int, world: int) -
         assert codes.untyped_storage().nbytes() == codes.numel() * codes.element_size()
 
 
+def check_gathered_nf4(out: Path, model: torch.nn.Module) -> None:
+    """The full state dict gathers each NF4 weight whole (equal to quantizing it whole)."""
+    full = tt_dist.gather_full_state_dict(model)
+    if not tt_dist.is_rank_zero():
+        assert full == {}
+        return
+    whole = tiny.make_model()
+    whole.load_state_dict(torch.load(out / "init.pt", weights_only=True))
+    tiny.quantize_fc1(whole)
+    for index, ref in enumerate(whole.layers):
+        gathered = full[f"layers.{index}.fc1.weight"]
+        assert type(gathered).__name__ == "NF4Tensor", type(gathered)
+        assert torch.equal(tiny.dequantized(gathered), tiny.dequantized(ref.fc1.weight))
+
+
 def save_result(
     out: Path, name: str, model: torch.nn.Module, losses: list[float], trainable_only=False
 ) -> None:
@@ -87,6 +103,7 @@ def main() -> None:
         check_nf4_shards(out, model, rank, world)
         losses = tiny.train(model, opt, range(tiny.STEPS), rank, world)
         save_result(out, "nf4", model, losses, trainable_only=True)
+        check_gathered_nf4(out, model)
     else:
         raise ValueError(f"unknown scenario {scenario!r}")
     tt_dist.destroy_distributed()

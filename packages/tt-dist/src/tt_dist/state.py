@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed._functional_collectives import AsyncCollectiveTensor
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import (
@@ -202,11 +203,30 @@ def gather_full_state_dict(
     if not is_distributed():
         keep = _trainable_names(model) if trainable_only else set(model.state_dict())
         return {n: t.detach().cpu().clone() for n, t in model.state_dict().items() if n in keep}
-    options = StateDictOptions(
-        full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only
-    )
-    full = get_model_state_dict(model, options=options)
-    return full if is_rank_zero() else {}
+    # Sharded values (DCP resolves the state-dict names), then gathered here one at a time
+    # rather than by full_state_dict=True: torch gathers a tensor subclass (a QLoRA base's NF4
+    # weight) into inner tensors it never waits for, and an all-gather left in flight while
+    # its buffers are freed corrupted the heap ("malloc(): unaligned tcache chunk detected").
+    options = StateDictOptions(ignore_frozen_params=trainable_only)
+    sharded = get_model_state_dict(model, options=options)
+    full = {}
+    for name, value in sharded.items():
+        if isinstance(value, DTensor):
+            value = _waited(value.full_tensor())
+        if is_rank_zero():
+            full[name] = value.detach().cpu()
+    return full
+
+
+def _waited(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` with every collective that produced it (or its inner tensors) finished."""
+    if isinstance(tensor, AsyncCollectiveTensor):
+        return tensor.wait()
+    flatten = getattr(tensor, "__tensor_flatten__", None)
+    if flatten is not None:
+        for attr in flatten()[0]:
+            setattr(tensor, attr, _waited(getattr(tensor, attr)))
+    return tensor
 
 
 def _trainable_names(model: nn.Module) -> set[str]:
