@@ -90,7 +90,7 @@ def test_to_hf_config_writes_transformers_5_fields():
     [
         (
             {**BASE, "model_type": "gpt2"},
-            r"model_type='gpt2' is not supported; .*\['llama', 'mistral', 'qwen2', 'qwen3', 'gemma', 'gemma2', 'gemma3_text', 'qwen3_moe', 'qwen2_moe', 'mixtral', 'phi3'\]",
+            r"model_type='gpt2' is not supported; .*\['llama', 'mistral', 'qwen2', 'qwen3', 'gemma', 'gemma2', 'gemma3_text', 'qwen3_moe', 'qwen2_moe', 'mixtral', 'phi3', 'mllama'\]",
         ),
         ({"vocab_size": 3}, r"model_type=None is not supported"),
         (

@@ -297,3 +297,47 @@ def family_hf_model(name: str, **overrides) -> torch.nn.Module:
     hf = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attn).eval()
     randomize_norms_and_biases(hf)
     return hf
+
+
+# transformers' Mllama (Llama 3.2 Vision) in-memory keys -> tt's FusionModel keys.
+_MLLAMA_PREFIXES = [
+    (
+        r"^model\.language_model\.layers\.(\d+)\.cross_attn_attn_gate$",
+        r"decoder.layers.\1.attn_gate",
+    ),
+    (r"^model\.language_model\.layers\.(\d+)\.cross_attn_mlp_gate$", r"decoder.layers.\1.mlp_gate"),
+    (r"^model\.language_model\.layers\.(\d+)\.cross_attn\.", r"decoder.layers.\1.self_attn."),
+    (r"^model\.language_model\.embed_tokens\.", "decoder.tok_embeddings."),
+    (r"^model\.language_model\.", "decoder."),
+    (r"^lm_head\.", "decoder.output."),
+    (r"^model\.multi_modal_projector\.", "encoder.projection."),
+    (r"^model\.vision_model\.gated_positional_embedding\.", "encoder.position_embedding."),
+    (r"^model\.vision_model\.pre_tile_positional_embedding\.", "encoder.pre_tile_embedding."),
+    (r"^model\.vision_model\.post_tile_positional_embedding\.", "encoder.post_tile_embedding."),
+    (r"^model\.vision_model\.layernorm_pre\.", "encoder.pre_norm."),
+    (r"^model\.vision_model\.layernorm_post\.", "encoder.post_norm."),
+    (r"^model\.vision_model\.transformer\.layers\.", "encoder.layers."),
+    (r"^model\.vision_model\.global_transformer\.layers\.", "encoder.global_layers."),
+    (r"^model\.vision_model\.", "encoder."),
+]
+_MLLAMA_LAYER_NAMES = [
+    (r"\.input_layernorm\.", ".attn_norm."),
+    (r"\.post_attention_layernorm\.", ".mlp_norm."),
+    (r"\.self_attn\.", ".attn."),
+    (r"\.gate_attn$", ".attn_gate"),
+    (r"\.gate_ffn$", ".mlp_gate"),
+]
+
+
+def mllama_to_tt_state_dict(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a transformers ``MllamaForConditionalGeneration`` state dict to tt keys."""
+    renamed = {}
+    for key, value in hf_state.items():
+        for pattern, replacement in _MLLAMA_PREFIXES:
+            if re.search(pattern, key):
+                key = re.sub(pattern, replacement, key)
+                break
+        for pattern, replacement in _MLLAMA_LAYER_NAMES:
+            key = re.sub(pattern, replacement, key)
+        renamed[key] = value
+    return renamed

@@ -19,9 +19,11 @@ from tt_models import sizes
 from tt_models.attention import MultiHeadAttention
 from tt_models.builders import build_model, transformer_decoder
 from tt_models.config import DecoderConfig
+from tt_models.cross_attention import CrossAttention, TransformerCrossAttentionLayer
 from tt_models.decoder import TransformerDecoder, TransformerSelfAttentionLayer
 from tt_models.families import FAMILIES, Family
 from tt_models.feed_forward import FeedForward
+from tt_models.fusion import FusionModel
 from tt_models.generation import generate, generate_stream
 from tt_models.hf_config import SUPPORTED_MODEL_TYPES, from_hf_config, to_hf_config
 from tt_models.kv_cache import KVCache
@@ -37,11 +39,24 @@ from tt_models.norm import RMSNorm
 from tt_models.rope import RotaryEmbedding, apply_rope, rope_inv_freq
 from tt_models.scorer import TransformerScorer, at_last_token, last_token_index
 from tt_models.sizes import *  # noqa: F403  (llama3_2_1b, qwen2_5_0_5b, ...: the SIZES table)
+from tt_models.vision import (
+    VisionConfig,
+    VisionEncoder,
+    VisionEncoderLayer,
+    supported_aspect_ratios,
+)
 
 __all__ = [
     "FAMILIES",
     "SUPPORTED_MODEL_TYPES",
+    "CrossAttention",
     "DecoderConfig",
+    "FusionModel",
+    "TransformerCrossAttentionLayer",
+    "VisionConfig",
+    "VisionEncoder",
+    "VisionEncoderLayer",
+    "supported_aspect_ratios",
     "Family",
     "FeedForward",
     "KVCache",

@@ -12,19 +12,23 @@ from torch import nn
 
 from tt_models.attention import MultiHeadAttention
 from tt_models.config import DecoderConfig
+from tt_models.cross_attention import CrossAttention, TransformerCrossAttentionLayer
 from tt_models.decoder import TransformerDecoder, TransformerSelfAttentionLayer
 from tt_models.feed_forward import FeedForward
+from tt_models.fusion import FusionModel
 from tt_models.moe import MoEFeedForward
 from tt_models.norm import RMSNorm
 from tt_models.rope import RotaryEmbedding
+from tt_models.vision import VisionEncoder
 
 Device = torch.device | str | None
 
 
 def build_model(
     cfg: DecoderConfig, device: Device = None, dtype: torch.dtype | None = None
-) -> TransformerDecoder:
-    """Build the decoder ``cfg`` describes, allocating parameters on ``device`` in ``dtype``.
+) -> TransformerDecoder | FusionModel:
+    """Build the decoder ``cfg`` describes, allocating parameters on ``device`` in ``dtype``
+    (with ``cfg.vision``: a ``FusionModel`` of the image encoder and the decoder).
 
     ``device="meta"`` allocates nothing (materialise later with ``model.to_empty(device=...)``
     and load weights). Otherwise weights are initialised for training from scratch
@@ -34,8 +38,11 @@ def build_model(
     device_ctx = nullcontext() if device is None else torch.device(device)
     with _default_dtype(dtype), device_ctx:
         model = TransformerDecoder(
-            tok_embeddings=nn.Embedding(cfg.vocab_size, cfg.dim),
-            layers=[_build_layer(cfg) for _ in range(cfg.n_layers)],
+            tok_embeddings=nn.Embedding(cfg.embedding_rows, cfg.dim),
+            layers=[
+                _build_cross_layer(cfg) if cfg.is_cross_attention_layer(i) else _build_layer(cfg)
+                for i in range(cfg.n_layers)
+            ],
             rope=RotaryEmbedding(cfg.head_dim, cfg.rope_base, cfg.rope_scaling),
             norm=_norm(cfg, cfg.dim),
             output=None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False),
@@ -44,7 +51,9 @@ def build_model(
             if cfg.local_rope_base is None
             else RotaryEmbedding(cfg.head_dim, cfg.local_rope_base),
         )
-    if not model.tok_embeddings.weight.is_meta:
+        if cfg.vision is not None:
+            model = FusionModel(VisionEncoder(cfg.vision, cfg.dim), model)
+    if not model.output_weight().is_meta:
         model.init_weights()
     return model
 
@@ -57,6 +66,20 @@ def _build_layer(cfg: DecoderConfig) -> TransformerSelfAttentionLayer:
         mlp_norm=_norm(cfg, cfg.dim),
         attn_post_norm=_norm(cfg, cfg.dim) if cfg.post_norms else None,
         mlp_post_norm=_norm(cfg, cfg.dim) if cfg.post_norms else None,
+    )
+
+
+def _build_cross_layer(cfg: DecoderConfig) -> TransformerCrossAttentionLayer:
+    attn = CrossAttention(
+        cfg.dim,
+        cfg.n_heads,
+        cfg.n_kv_heads,
+        cfg.head_dim,
+        q_norm=_norm(cfg, cfg.head_dim),
+        k_norm=_norm(cfg, cfg.head_dim),
+    )
+    return TransformerCrossAttentionLayer(
+        attn, _build_mlp(cfg), attn_norm=_norm(cfg, cfg.dim), mlp_norm=_norm(cfg, cfg.dim)
     )
 
 

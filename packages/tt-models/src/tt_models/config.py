@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tt_models.vision import VisionConfig
+
 LLAMA3_SCALING_KEYS = (
     "factor",
     "low_freq_factor",
@@ -71,6 +73,15 @@ class DecoderConfig:
             takes beside its routed ones (Qwen2-MoE).
         shared_expert_gate: the shared expert's output is scaled by a sigmoid gate (a
             ``dim -> 1`` linear; Qwen2-MoE).
+        cross_attention_layers: indices (among the ``n_layers``) of the layers that are
+            gated cross-attention layers reading images instead of self-attention blocks
+            (Llama 3.2 Vision); None for a text model.
+        extra_token_embeddings: rows of the token embedding after the ``vocab_size`` the
+            output predicts: tokens the model reads but never writes (Llama 3.2 Vision's 8,
+            its image token among them).
+        vision: the image encoder of a vision model (``tt_models.vision.VisionConfig``);
+            ``build_model`` then returns a ``FusionModel``. Needs ``cross_attention_layers``.
+        image_token_id: the token that stands for an image in the text (``<|image|>``).
     """
 
     vocab_size: int
@@ -106,6 +117,10 @@ class DecoderConfig:
     norm_topk_prob: bool = False
     shared_expert_hidden_dim: int | None = None
     shared_expert_gate: bool = False
+    cross_attention_layers: tuple[int, ...] | None = None
+    extra_token_embeddings: int = 0
+    vision: VisionConfig | None = None
+    image_token_id: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "hidden_dim", "max_seq_len"):
@@ -184,6 +199,48 @@ class DecoderConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"DecoderConfig: {name}={value!r} must be > 0 or None")
+        self._check_vision()
+
+    def _check_vision(self) -> None:
+        if isinstance(self.vision, dict):
+            self.vision = VisionConfig(**self.vision)
+        if self.extra_token_embeddings < 0:
+            raise ValueError(
+                f"DecoderConfig: extra_token_embeddings={self.extra_token_embeddings} must be >= 0"
+            )
+        if self.extra_token_embeddings and self.tie_embeddings:
+            raise ValueError(
+                "DecoderConfig: extra_token_embeddings need an output layer of its own "
+                "(tie_embeddings=False): the output predicts only the first vocab_size tokens"
+            )
+        if self.cross_attention_layers is not None:
+            self.cross_attention_layers = tuple(int(i) for i in self.cross_attention_layers)
+            bad = [i for i in self.cross_attention_layers if not 0 <= i < self.n_layers]
+            if bad or len(set(self.cross_attention_layers)) != len(self.cross_attention_layers):
+                raise ValueError(
+                    f"DecoderConfig: cross_attention_layers={list(self.cross_attention_layers)} "
+                    f"must be distinct layer indices in [0, {self.n_layers})"
+                )
+        if self.vision is not None and not self.cross_attention_layers:
+            raise ValueError(
+                "DecoderConfig: a vision encoder needs cross_attention_layers (the layers that "
+                "read its output)"
+            )
+        if self.image_token_id is not None and not (
+            0 <= self.image_token_id < self.vocab_size + self.extra_token_embeddings
+        ):
+            raise ValueError(
+                f"DecoderConfig: image_token_id={self.image_token_id} is not a token of the "
+                f"embedding (0..{self.vocab_size + self.extra_token_embeddings - 1})"
+            )
+
+    @property
+    def embedding_rows(self) -> int:
+        """Rows of the token embedding: the vocabulary plus ``extra_token_embeddings``."""
+        return self.vocab_size + self.extra_token_embeddings
+
+    def is_cross_attention_layer(self, layer: int) -> bool:
+        return layer in (self.cross_attention_layers or ())
 
     @property
     def expert_hidden_dim(self) -> int:

@@ -8,6 +8,7 @@ from torch import nn
 
 from tt_models.attention import MultiHeadAttention
 from tt_models.config import DecoderConfig
+from tt_models.cross_attention import CrossAttention, TransformerCrossAttentionLayer
 from tt_models.kv_cache import KVCache
 from tt_models.norm import RMSNorm
 from tt_models.rope import RotaryEmbedding
@@ -148,6 +149,8 @@ class TransformerDecoder(nn.Module):
         input_pos: torch.Tensor | None = None,
         return_hidden: bool = False,
         check_inputs: bool = True,
+        encoder_states: torch.Tensor | None = None,
+        encoder_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run the decoder.
 
@@ -163,6 +166,11 @@ class TransformerDecoder(nn.Module):
             return_hidden: return the final-norm hidden states ``[b, s, dim]`` instead of logits.
             check_inputs: validate shapes and cache slots (which waits on the device); off
                 only for a caller that guarantees them (``decode_step``).
+            encoder_states: ``[b, n, dim]`` image tokens for the cross-attention layers of a
+                vision model (``tt_models.fusion``); None: the ones cached by an earlier call
+                with KV-caches, else the cross-attention layers are skipped (text only).
+            encoder_mask: bool ``[b, s, n]``, True where a token may attend to an image token;
+                needed whenever the cross-attention layers run.
 
         Returns:
             Logits ``[b, s, vocab_size]`` in the model dtype, or hidden states (see above).
@@ -179,6 +187,10 @@ class TransformerDecoder(nn.Module):
         if self.embed_scale is not None:
             h = h * torch.tensor(self.embed_scale, dtype=h.dtype)
         for index, layer in enumerate(self.layers):
+            if isinstance(layer, TransformerCrossAttentionLayer):
+                if encoder_states is not None or layer.attn.has_cached_states():
+                    h = layer(h, encoder_states, encoder_mask)
+                continue
             window = self.config.layer_window(index)
             h = layer(h, rope if window is None else local_rope, masks[window], input_pos)
         h = self.norm(h)
@@ -279,6 +291,8 @@ class TransformerDecoder(nn.Module):
         dtype = dtype or self.tok_embeddings.weight.dtype
         for attn in self._attentions():
             attn.setup_cache(batch_size, max_seq_len, dtype)
+        for attn in self._cross_attentions():
+            attn.caching, attn.cached_kv = True, None
 
     def reset_caches(self) -> None:
         """Zero every KV-cache to start new sequences with the same cache sizes."""
@@ -286,11 +300,15 @@ class TransformerDecoder(nn.Module):
             raise RuntimeError("reset_caches: no KV-caches are set up; call setup_caches first")
         for attn in self._attentions():
             attn.kv_cache.reset()
+        for attn in self._cross_attentions():
+            attn.cached_kv = None
 
     def remove_caches(self) -> None:
         """Drop the KV-caches (back to training-style forward)."""
         for attn in self._attentions():
             attn.kv_cache = None
+        for attn in self._cross_attentions():
+            attn.caching, attn.cached_kv = False, None
 
     def caches_are_enabled(self) -> bool:
         """Whether ``setup_caches`` has been called (and not undone by ``remove_caches``)."""
@@ -298,6 +316,9 @@ class TransformerDecoder(nn.Module):
 
     def _attentions(self) -> list[MultiHeadAttention]:
         return [m for m in self.modules() if isinstance(m, MultiHeadAttention)]
+
+    def _cross_attentions(self) -> list[CrossAttention]:
+        return [m for m in self.modules() if isinstance(m, CrossAttention)]
 
     def _first_cache(self) -> KVCache:
         return self._attentions()[0].kv_cache

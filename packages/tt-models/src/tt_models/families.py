@@ -169,7 +169,15 @@ FAMILIES: dict[str, Family] = {
         },
     ),
     "phi3": Family("Phi3ForCausalLM", default_eps=1e-5, sliding="all"),
+    # Llama 3.2 Vision: a Llama 3.1 text decoder with gated cross-attention layers, and an
+    # image encoder. Its config.json nests the two (text_config, vision_config); the token
+    # embedding has 8 rows more than the vocabulary (the image token among them).
+    "mllama": Family(
+        "MllamaForConditionalGeneration", fixed={"extra_token_embeddings": 8}, default_eps=1e-5
+    ),
 }
+# Families whose config.json nests a text decoder's config and a vision encoder's.
+VISION_FAMILIES = ("mllama",)
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 
 

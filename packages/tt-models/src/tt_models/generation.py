@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from tt_models.config import DecoderConfig
 from tt_models.decoder import TransformerDecoder
 
 Prompt = Sequence[Sequence[int]] | torch.Tensor
@@ -27,6 +28,7 @@ def generate(
     logprob_temperature: float = 1.0,
     compile: bool = False,
     stop_together: Callable[[bool], bool] | None = None,
+    images: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate continuations of a batch of prompts.
 
@@ -55,6 +57,10 @@ def generate(
         stop_together: called with "every row here has stopped"; return whether to stop.
             Under FSDP every process must run the same number of forward passes: pass a
             function that agrees across processes (stop only when all have stopped).
+        images: for a vision model (``FusionModel``), the prompts' images as tt_data's
+            collator batches them: ``images``, ``aspect_ratio_ids``, ``aspect_ratio_mask`` and
+            ``image_mask`` (``[b, longest prompt, n_images, tiles]``, each row's prompt from
+            column 0). They are encoded once, in the prompt's pass.
 
     Returns:
         ``(tokens, logprobs)``, each ``[b, n]`` with ``n <= max_new_tokens`` (fewer when every row
@@ -76,6 +82,7 @@ def generate(
             logprob_temperature=logprob_temperature,
             compile=compile,
             stop_together=stop_together,
+            images=images,
         )
     )
     tokens, logprobs = (torch.stack(column, dim=1) for column in zip(*steps))
@@ -154,12 +161,12 @@ def _decode_steps(
     logprob_temperature: float = 1.0,
     compile: bool = False,
     stop_together: Callable[[bool], bool] | None = None,
+    images: Mapping[str, torch.Tensor] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(tokens [b], logprobs [b])`` for each new position: one prefill pass over the
     prompts, then one decode step per token over a KV-cache sized once."""
     _check_sampling(max_new_tokens, temperature, top_k, top_p)
-    vocab_size = model.config.vocab_size
-    _check_token_ids(prompts, stop_tokens or [], pad_id, vocab_size)
+    _check_token_ids(prompts, stop_tokens or [], pad_id, model.config)
     if seeds is not None and len(seeds) != len(prompts):
         raise ValueError(f"generate: {len(seeds)} seeds for {len(prompts)} prompts")
     device = model.output_weight().device
@@ -178,7 +185,8 @@ def _decode_steps(
     step_fn = torch.compile(model.decode_step, dynamic=False) if compile else model.decode_step
     model.setup_caches(len(prompts), cache_len)
     try:
-        logits = model(tokens, input_pos=input_pos)[:, -1].float()  # prefill
+        image_inputs = _left_padded_images(images, prompts, tokens.shape[1], device)
+        logits = model(tokens, input_pos=input_pos, **image_inputs)[:, -1].float()  # prefill
         for step in range(max_new_tokens):
             token = sampler.pick(logits)
             logprob = torch.log_softmax(logits / logprob_temperature, -1).gather(-1, token[:, None])
@@ -239,6 +247,34 @@ def _left_pad(
     return tokens.to(device), input_pos.to(device)
 
 
+IMAGE_KEYS = ("images", "aspect_ratio_ids", "aspect_ratio_mask", "image_mask")
+
+
+def _left_padded_images(
+    images: Mapping[str, torch.Tensor] | None,
+    prompts: list[list[int]],
+    longest: int,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """The image inputs on ``device``, ``image_mask`` moved to the left-padded positions."""
+    if images is None:
+        return {}
+    missing = [k for k in IMAGE_KEYS if k not in images]
+    if missing:
+        raise ValueError(f"generate: images lacks {missing} (needs {list(IMAGE_KEYS)})")
+    given = images["image_mask"]
+    if given.shape[0] != len(prompts) or given.shape[1] < longest:
+        raise ValueError(
+            f"generate: image_mask {tuple(given.shape)} must be [{len(prompts)}, >= {longest}, "
+            "images, tiles] for these prompts"
+        )
+    image_mask = torch.zeros_like(given[:, :longest])
+    for row, prompt in enumerate(prompts):
+        image_mask[row, longest - len(prompt) :] = given[row, : len(prompt)]
+    out = {k: images[k].to(device) for k in IMAGE_KEYS[:3]}
+    return {**out, "image_mask": image_mask.to(device)}
+
+
 def _sampling_probs(
     logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None
 ) -> torch.Tensor:
@@ -281,18 +317,21 @@ def _prompt_list(prompt_tokens: Prompt) -> list[list[int]]:
 
 
 def _check_token_ids(
-    prompts: list[list[int]], stop_tokens: Sequence[int], pad_id: int, vocab_size: int
+    prompts: list[list[int]], stop_tokens: Sequence[int], pad_id: int, config: DecoderConfig
 ) -> None:
+    # Prompts may hold tokens the model reads but never writes (an image token).
+    readable, vocab_size = config.embedding_rows, config.vocab_size
     for row, prompt in enumerate(prompts):
-        bad = [t for t in prompt if not 0 <= t < vocab_size]
+        bad = [t for t in prompt if not 0 <= t < readable]
         if bad:
             raise ValueError(
-                f"generate: prompt row {row} has token ids {bad[:5]} outside [0, {vocab_size})"
+                f"generate: prompt row {row} has token ids {bad[:5]} outside [0, {readable})"
             )
-    for name, ids in (("stop_tokens", list(stop_tokens)), ("pad_id", [pad_id])):
-        bad = [t for t in ids if not 0 <= t < vocab_size]
+    for name, ids, limit in (("stop_tokens", list(stop_tokens), vocab_size),
+                             ("pad_id", [pad_id], readable)):  # fmt: skip
+        bad = [t for t in ids if not 0 <= t < limit]
         if bad:
-            raise ValueError(f"generate: {name} {bad} outside the vocabulary [0, {vocab_size})")
+            raise ValueError(f"generate: {name} {bad} outside the vocabulary [0, {limit})")
 
 
 def _check_sampling(

@@ -11,7 +11,14 @@ from typing import Any
 import torch
 
 from tt_models.config import DecoderConfig, normalize_rope_scaling
-from tt_models.families import ACTIVATIONS, SUPPORTED_MODEL_TYPES, Family, family
+from tt_models.families import (
+    ACTIVATIONS,
+    SUPPORTED_MODEL_TYPES,
+    VISION_FAMILIES,
+    Family,
+    family,
+)
+from tt_models.vision import VisionConfig
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "from_hf_config", "to_hf_config"]
 
@@ -45,6 +52,10 @@ _SWITCHES = (
     "norm_topk_prob",
     "shared_expert_hidden_dim",
     "shared_expert_gate",
+    "cross_attention_layers",
+    "extra_token_embeddings",
+    "vision",
+    "image_token_id",
 )
 # Gemma 3's theta of local layers when its config.json predates per-layer-type RoPE.
 _DEFAULT_LOCAL_ROPE_THETA = 10_000.0
@@ -60,6 +71,14 @@ def from_hf_config(config: dict[str, Any]) -> DecoderConfig:
     """
     model_type = config.get("model_type")
     record = family(model_type, "from_hf_config: config.json")
+    if model_type in VISION_FAMILIES:
+        return _from_vision_config(config, model_type, record)
+    return _decoder_config(config, model_type, record)
+
+
+def _decoder_config(
+    config: dict[str, Any], model_type: str, record: Family, **extra: Any
+) -> DecoderConfig:
     missing = [key for key in _REQUIRED_KEYS if key not in config]
     if missing:
         raise ValueError(
@@ -95,6 +114,65 @@ def from_hf_config(config: dict[str, Any]) -> DecoderConfig:
         layer_types=layer_types,
         **record.fixed,
         **record.read_fields(config),
+        **extra,
+    )
+
+
+# transformers' MllamaVisionConfig keys -> VisionConfig fields.
+_VISION_KEYS = {
+    "hidden_size": "dim",
+    "num_hidden_layers": "n_layers",
+    "num_global_layers": "n_global_layers",
+    "attention_heads": "n_heads",
+    "intermediate_size": "hidden_dim",
+    "image_size": "tile_size",
+    "patch_size": "patch_size",
+    "max_num_tiles": "max_num_tiles",
+    "intermediate_layers_indices": "intermediate_layers",
+    "supported_aspect_ratios": "aspect_ratios",
+    "norm_eps": "norm_eps",
+    "num_channels": "n_channels",
+}
+# MllamaVisionConfig's defaults, for keys a config.json leaves out.
+_VISION_DEFAULTS = {"num_global_layers": 8, "max_num_tiles": 4, "norm_eps": 1e-5,
+                    "num_channels": 3, "intermediate_layers_indices": [3, 7, 15, 23, 30]}  # fmt: skip
+
+
+def _from_vision_config(config: dict[str, Any], model_type: str, record: Family) -> DecoderConfig:
+    """A vision model's config.json: ``text_config`` is the decoder, ``vision_config`` the
+    image encoder."""
+    text, vision = config.get("text_config"), config.get("vision_config")
+    if not isinstance(text, dict) or not isinstance(vision, dict):
+        raise ValueError(
+            f"from_hf_config: config.json (model_type {model_type!r}) needs text_config and "
+            "vision_config objects"
+        )
+    if vision.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(
+            f"from_hf_config: config.json vision_config.hidden_act={vision['hidden_act']!r} is "
+            "not supported; the image encoder uses 'gelu'"
+        )
+    values = {**_VISION_DEFAULTS, **vision}
+    missing = [k for k in _VISION_KEYS if k not in values and k != "supported_aspect_ratios"]
+    if missing:
+        raise ValueError(f"from_hf_config: config.json vision_config lacks keys {missing}")
+    encoder = VisionConfig(
+        **{name: values[key] for key, name in _VISION_KEYS.items() if key in values}
+    )
+    if vision.get("vision_output_dim", encoder.output_dim) != encoder.output_dim:
+        raise ValueError(
+            f"from_hf_config: config.json vision_config.vision_output_dim="
+            f"{vision['vision_output_dim']} is not hidden_size x (1 + intermediate layers) = "
+            f"{encoder.output_dim}"
+        )
+    text = {"tie_word_embeddings": config.get("tie_word_embeddings", False), **text}
+    return _decoder_config(
+        text,
+        model_type,
+        record,
+        cross_attention_layers=text.get("cross_attention_layers", [3, 8, 13, 18, 23, 28, 33, 38]),
+        vision=encoder,
+        image_token_id=config.get("image_token_index"),
     )
 
 
@@ -214,7 +292,39 @@ def to_hf_config(cfg: DecoderConfig, dtype: torch.dtype = torch.float32) -> dict
         hf["mlp_bias"] = cfg.mlp_bias
     hf.update(_sliding_fields(cfg, record))
     hf.update({key: getattr(cfg, name) for key, (name, _) in record.fields.items()})
+    if cfg.model_type in VISION_FAMILIES:
+        return _vision_hf_config(cfg, hf)
     return hf
+
+
+def _vision_hf_config(cfg: DecoderConfig, text: dict[str, Any]) -> dict[str, Any]:
+    """Nest the decoder's keys as ``text_config`` beside the encoder's ``vision_config``."""
+    architectures, dtype = text.pop("architectures"), text.pop("dtype")
+    del text["head_dim"]  # MllamaTextConfig derives it (hidden_size / heads)
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):  # it requires ints here
+        if text[key] is None:
+            del text[key]
+    text.update(
+        model_type="mllama_text_model", cross_attention_layers=list(cfg.cross_attention_layers)
+    )
+    vision = cfg.vision
+    vision_config = {key: getattr(vision, name) for key, name in _VISION_KEYS.items()}
+    vision_config.update(
+        model_type="mllama_vision_model",
+        hidden_act="gelu",
+        vision_output_dim=vision.output_dim,
+        intermediate_layers_indices=list(vision.intermediate_layers),
+        supported_aspect_ratios=[list(r) for r in vision.aspect_ratios],
+    )
+    return {
+        "architectures": architectures,
+        "model_type": cfg.model_type,
+        "dtype": dtype,
+        "image_token_index": cfg.image_token_id,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "text_config": text,
+        "vision_config": vision_config,
+    }
 
 
 def _sliding_fields(cfg: DecoderConfig, record: Family) -> dict[str, Any]:
@@ -243,6 +353,13 @@ def _check_expressible(cfg: DecoderConfig, record: Family) -> None:
         variable |= {"sliding_window", "layer_types"}
     if record.sliding == "pattern":
         variable.add("local_rope_base")
+    if cfg.model_type in VISION_FAMILIES:
+        variable |= {"cross_attention_layers", "vision", "image_token_id"}
+        if cfg.head_dim != cfg.dim // cfg.n_heads:
+            raise ValueError(
+                f"to_hf_config: model_type {cfg.model_type!r} has head_dim = dim / n_heads; "
+                f"head_dim={cfg.head_dim} cannot be written"
+            )
     if record.sliding == "all" and cfg.layer_types is not None:
         raise ValueError(
             f"to_hf_config: model_type {cfg.model_type!r} slides in every layer or none; "

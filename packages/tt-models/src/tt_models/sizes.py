@@ -19,6 +19,7 @@ from tt_models.builders import Device, build_model
 from tt_models.config import DecoderConfig
 from tt_models.decoder import TransformerDecoder
 from tt_models.families import FAMILIES
+from tt_models.vision import VisionConfig
 
 
 def _llama3_scaling(factor: float) -> dict[str, Any]:
@@ -77,6 +78,11 @@ _GEMMA3_TOWER = {
 }
 _QWEN3_MOE = {**_QWEN3, "model_type": "qwen3_moe", "n_experts": 128, "experts_per_token": 8,
               "norm_topk_prob": True}  # fmt: skip
+# Llama 3.2 Vision (config.json of meta-llama/Llama-3.2-11B-Vision and -90B-Vision): a Llama
+# 3.1 text decoder with a gated cross-attention layer every 5 layers from layer 3, and the
+# same 560-pixel, 4-tile image encoder (VisionConfig's defaults) for both sizes.
+_LLAMA3_2_VISION = {**_LLAMA3_1, "model_type": "mllama", "image_token_id": 128_256,
+                    "extra_token_embeddings": 8, "vision": VisionConfig()}  # fmt: skip
 _PHI3 = dict(model_type="phi3", norm_eps=1e-5)
 _SMOLLM2 = dict(model_type="llama", vocab_size=49_152, max_seq_len=8192, tie_embeddings=True)
 # Dimensions shared by the 8B and 70B models of every Llama generation (GQA, 8 kv heads).
@@ -117,6 +123,8 @@ SIZES: dict[str, Size] = {
     "llama3_2_1b": Size("Llama 3.2 1B (1.24B parameters, tied embeddings, RoPE scaling factor 32).", {**_LLAMA3_2, **_dims(2048, 16, 32, 8, 8192)}),
     "llama3_2_3b": Size("Llama 3.2 3B (3.21B parameters, tied embeddings, RoPE scaling factor 32).", {**_LLAMA3_2, **_dims(3072, 28, 24, 8, 8192)}),
     "llama3_3_70b": Size("Llama 3.3 70B (70.6B parameters; the Llama 3.1 70B architecture).", {**_LLAMA3_1, **_70B}),
+    "llama3_2_vision_11b": Size("Llama 3.2 11B Vision (10.67B parameters: an 8B text decoder, 8 cross-attention layers and a 0.9B image encoder).", {**_LLAMA3_2_VISION, **_dims(4096, 40, 32, 8, 14_336), "cross_attention_layers": tuple(range(3, 40, 5))}),
+    "llama3_2_vision_90b": Size("Llama 3.2 90B Vision (88.6B parameters: a 70B text decoder, 20 cross-attention layers and the 11B's image encoder).", {**_LLAMA3_2_VISION, **_dims(8192, 100, 64, 8, 28_672), "cross_attention_layers": tuple(range(3, 100, 5))}),
     "qwen2_5_0_5b": Size("Qwen2.5 0.5B (494M parameters, tied embeddings).", {**_QWEN2_5, **_dims(896, 24, 14, 2, 4864)}),
     "qwen2_5_1_5b": Size("Qwen2.5 1.5B (1.54B parameters, tied embeddings).", {**_QWEN2_5, **_dims(1536, 28, 12, 2, 8960)}),
     "qwen2_5_3b": Size("Qwen2.5 3B (3.09B parameters, tied embeddings).", {**_QWEN2_5, **_dims(2048, 36, 16, 2, 11_008)}),
