@@ -49,7 +49,7 @@ def test_unknown_tt_key():
 
 
 def test_unknown_family_lists_known_ones():
-    known = r"\['gemma', 'gemma2', 'gemma3_text', 'llama', 'mistral', 'mixtral', 'phi3', 'qwen2', 'qwen2_moe', 'qwen3', 'qwen3_moe'\]"
+    known = r"\['gemma', 'gemma2', 'gemma3_text', 'llama', 'mistral', 'mixtral', 'mllama', 'phi3', 'qwen2', 'qwen2_moe', 'qwen3', 'qwen3_moe'\]"
     with pytest.raises(UnknownFamilyError, match=rf"'gpt9'.*known families: {known}"):
         hf_to_tt({}, "gpt9")
 

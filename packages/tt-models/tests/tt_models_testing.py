@@ -306,7 +306,6 @@ _MLLAMA_PREFIXES = [
         r"decoder.layers.\1.attn_gate",
     ),
     (r"^model\.language_model\.layers\.(\d+)\.cross_attn_mlp_gate$", r"decoder.layers.\1.mlp_gate"),
-    (r"^model\.language_model\.layers\.(\d+)\.cross_attn\.", r"decoder.layers.\1.self_attn."),
     (r"^model\.language_model\.embed_tokens\.", "decoder.tok_embeddings."),
     (r"^model\.language_model\.", "decoder."),
     (r"^lm_head\.", "decoder.output."),

@@ -199,6 +199,76 @@ _PHI3_RULES, _PHI3_SHAPES = _decoder_tables(
 )
 _, _ALL_LINEAR_SHAPES = _decoder_tables()
 
+
+def _mllama_rules() -> tuple[tuple[str, str], ...]:
+    """Llama 3.2 Vision (``MllamaForConditionalGeneration``): tt's ``decoder.*`` (cross-
+    attention layers' keys under ``cross_attn``) and ``encoder.*`` (the image encoder and its
+    projection). The Hub's names come first (what transformers writes and tt saves), then
+    transformers 5's in-memory ones, which load too."""
+    decoder_layer = [
+        ("input_layernorm.weight", "attn_norm.weight"),
+        ("post_attention_layernorm.weight", "mlp_norm.weight"),
+        *((f"self_attn.{p}_proj.weight", f"attn.{p}_proj.weight") for p in "qkvo"),
+        *((f"cross_attn.{p}_proj.weight", f"cross_attn.{p}_proj.weight") for p in "qkvo"),
+        *((f"cross_attn.{p}_norm.weight", f"cross_attn.{p}_norm.weight") for p in "qk"),
+        ("cross_attn_attn_gate", "attn_gate"),
+        ("cross_attn_mlp_gate", "mlp_gate"),
+        *((f"mlp.{p}_proj.weight", f"mlp.{p}_proj.weight") for p in ("gate", "up", "down")),
+    ]
+    encoder_layer = [
+        *((f"input_layernorm.{w}", f"attn_norm.{w}") for w in ("weight", "bias")),
+        *((f"post_attention_layernorm.{w}", f"mlp_norm.{w}") for w in ("weight", "bias")),
+        *((f"self_attn.{p}_proj.weight", f"attn.{p}_proj.weight") for p in "qkvo"),
+        *((f"mlp.fc{n}.{w}", f"mlp.fc{n}.{w}") for n in (1, 2) for w in ("weight", "bias")),
+    ]
+    encoder = [
+        ("patch_embedding.weight", "patch_embedding.weight"),
+        ("class_embedding", "class_embedding"),
+        *((f"gated_positional_embedding.{p}", f"position_embedding.{p}")
+          for p in ("gate", "embedding", "tile_embedding.weight")),
+        *((f"{hf}_tile_positional_embedding.{p}", f"{hf}_tile_embedding.{p}")
+          for hf in ("pre", "post") for p in ("gate", "embedding.weight")),
+        *((f"layernorm_{hf}.{w}", f"{hf}_norm.{w}") for hf in ("pre", "post")
+          for w in ("weight", "bias")),
+        *((f"transformer.layers.{{i}}.{hf}", f"layers.{{i}}.{tt}") for hf, tt in encoder_layer),
+        *((f"global_transformer.layers.{{i}}.{hf}", f"global_layers.{{i}}.{tt}")
+          for hf, tt in encoder_layer),
+        *((f"global_transformer.layers.{{i}}.gate_{hf}", f"global_layers.{{i}}.{tt}_gate")
+          for hf, tt in (("attn", "attn"), ("ffn", "mlp"))),
+    ]  # fmt: skip
+    rules = []
+    for text, vision, projector, head in (
+        ("language_model.model.", "vision_model.", "multi_modal_projector.", "language_model."),
+        ("model.language_model.", "model.vision_model.", "model.multi_modal_projector.", ""),
+    ):
+        rules += [
+            (f"{text}embed_tokens.weight", "decoder.tok_embeddings.weight"),
+            (f"{text}norm.weight", "decoder.norm.weight"),
+            (f"{head}lm_head.weight", "decoder.output.weight"),
+            *(
+                (f"{text}layers.{{i}}.{hf}", f"decoder.layers.{{i}}.{tt}")
+                for hf, tt in decoder_layer
+            ),
+            *((f"{vision}{hf}", f"encoder.{tt}") for hf, tt in encoder),
+            *((f"{projector}{w}", f"encoder.projection.{w}") for w in ("weight", "bias")),
+        ]
+    return tuple(rules)
+
+
+_MLLAMA_TEXT = ("text_config.intermediate_size", "text_config.hidden_size")
+MLLAMA = KeyMap(
+    family="mllama",
+    rules=_mllama_rules(),
+    ignored_hf=("language_model.model.layers.{i}.self_attn.rotary_emb.inv_freq",),
+    # only what every Hub config.json states (the 90B's leaves the rest to defaults)
+    tt_shapes=(
+        ("decoder.norm.weight", ("text_config.hidden_size",)),
+        ("decoder.layers.{i}.mlp.gate_proj.weight", _MLLAMA_TEXT),
+        ("decoder.layers.{i}.mlp.up_proj.weight", _MLLAMA_TEXT),
+        ("decoder.layers.{i}.mlp.down_proj.weight", _MLLAMA_TEXT[::-1]),
+    ),
+)
+
 LLAMA = _llama_like("llama")
 PHI3 = KeyMap(
     family="phi3",
@@ -224,6 +294,7 @@ FAMILIES: dict[str, KeyMap] = {
     "qwen2_moe": _llama_like("qwen2_moe", linears=_QWEN2_MOE_LINEARS),
     "mixtral": _llama_like("mixtral", linears=_MIXTRAL_LINEARS),
     "phi3": PHI3,
+    "mllama": MLLAMA,
 }
 
 
@@ -246,7 +317,16 @@ CONFIG_ALIASES = {"num_experts": "num_local_experts"}
 
 
 def config_value(config: Mapping, name: str) -> int:
-    """Read one dimension from a config.json dict, deriving ``head_dim``/kv heads if absent."""
+    """Read one dimension from a config.json dict, deriving ``head_dim``/kv heads if absent.
+    ``"text_config.hidden_size"`` reads a nested config (a vision model's)."""
+    if "." in name:
+        section, name = name.split(".", 1)
+        nested = config.get(section)
+        if not isinstance(nested, Mapping):
+            raise CheckpointError(
+                f"config has no {section!r} object, which is needed to read {name!r}."
+            )
+        return config_value(nested, name)
     if name == "head_dim" and config.get("head_dim") is None:
         return config_value(config, "hidden_size") // config_value(config, "num_attention_heads")
     if name == "num_key_value_heads" and config.get(name) is None:

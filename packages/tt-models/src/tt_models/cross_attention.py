@@ -66,11 +66,12 @@ class TransformerCrossAttentionLayer(nn.Module):
     see an image. Both gates start at 0, so a new layer leaves the text model unchanged."""
 
     def __init__(
-        self, attn: CrossAttention, mlp: nn.Module, attn_norm: nn.Module, mlp_norm: nn.Module
+        self, cross_attn: CrossAttention, mlp: nn.Module, attn_norm: nn.Module, mlp_norm: nn.Module
     ) -> None:
         super().__init__()
         self.attn_norm = attn_norm
-        self.attn = attn
+        # not "attn": its keys must differ from a self-attention layer's (checkpoint key maps)
+        self.cross_attn = cross_attn
         self.attn_gate = nn.Parameter(torch.zeros(1))
         self.mlp_norm = mlp_norm
         self.mlp = mlp
@@ -82,6 +83,6 @@ class TransformerCrossAttentionLayer(nn.Module):
         """``encoder_mask`` bool ``[b, s, n]``; a row with no True key sees no image."""
         sees_image = encoder_mask.any(-1, keepdim=True)  # [b, s, 1]
         mask = encoder_mask | ~sees_image
-        h = x + self.attn_gate.tanh() * self.attn(self.attn_norm(x), encoder_states, mask)
+        h = x + self.attn_gate.tanh() * self.cross_attn(self.attn_norm(x), encoder_states, mask)
         mlp_out = self.mlp(self.mlp_norm(h)) * sees_image.to(h.dtype)
         return h + self.mlp_gate.tanh() * mlp_out

@@ -188,7 +188,7 @@ class TransformerDecoder(nn.Module):
             h = h * torch.tensor(self.embed_scale, dtype=h.dtype)
         for index, layer in enumerate(self.layers):
             if isinstance(layer, TransformerCrossAttentionLayer):
-                if encoder_states is not None or layer.attn.has_cached_states():
+                if encoder_states is not None or layer.cross_attn.has_cached_states():
                     h = layer(h, encoder_states, encoder_mask)
                 continue
             window = self.config.layer_window(index)

@@ -133,9 +133,19 @@ _VISION_KEYS = {
     "norm_eps": "norm_eps",
     "num_channels": "n_channels",
 }
-# MllamaVisionConfig's defaults, for keys a config.json leaves out.
-_VISION_DEFAULTS = {"num_global_layers": 8, "max_num_tiles": 4, "norm_eps": 1e-5,
-                    "num_channels": 3, "intermediate_layers_indices": [3, 7, 15, 23, 30]}  # fmt: skip
+# transformers' MllamaVisionConfig / MllamaTextConfig defaults, for keys a config.json leaves
+# out (the Hub's 90B config states little more than what differs from them).
+_VISION_DEFAULTS = {
+    "hidden_size": 1280, "num_hidden_layers": 32, "num_global_layers": 8, "attention_heads": 16,
+    "intermediate_size": 5120, "image_size": 448, "patch_size": 14, "max_num_tiles": 4,
+    "intermediate_layers_indices": [3, 7, 15, 23, 30], "norm_eps": 1e-5, "num_channels": 3,
+}  # fmt: skip
+_VISION_TEXT_DEFAULTS = {
+    "vocab_size": 128_256, "hidden_size": 4096, "intermediate_size": 14_336,
+    "num_hidden_layers": 40, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "max_position_embeddings": 131_072, "rms_norm_eps": 1e-5, "rope_theta": 500_000.0,
+    "cross_attention_layers": [3, 8, 13, 18, 23, 28, 33, 38],
+}  # fmt: skip
 
 
 def _from_vision_config(config: dict[str, Any], model_type: str, record: Family) -> DecoderConfig:
@@ -153,9 +163,6 @@ def _from_vision_config(config: dict[str, Any], model_type: str, record: Family)
             "not supported; the image encoder uses 'gelu'"
         )
     values = {**_VISION_DEFAULTS, **vision}
-    missing = [k for k in _VISION_KEYS if k not in values and k != "supported_aspect_ratios"]
-    if missing:
-        raise ValueError(f"from_hf_config: config.json vision_config lacks keys {missing}")
     encoder = VisionConfig(
         **{name: values[key] for key, name in _VISION_KEYS.items() if key in values}
     )
@@ -165,12 +172,16 @@ def _from_vision_config(config: dict[str, Any], model_type: str, record: Family)
             f"{vision['vision_output_dim']} is not hidden_size x (1 + intermediate layers) = "
             f"{encoder.output_dim}"
         )
-    text = {"tie_word_embeddings": config.get("tie_word_embeddings", False), **text}
+    text = {
+        **_VISION_TEXT_DEFAULTS,
+        "tie_word_embeddings": config.get("tie_word_embeddings", False),
+        **text,
+    }
     return _decoder_config(
         text,
         model_type,
         record,
-        cross_attention_layers=text.get("cross_attention_layers", [3, 8, 13, 18, 23, 28, 33, 38]),
+        cross_attention_layers=text["cross_attention_layers"],
         vision=encoder,
         image_token_id=config.get("image_token_index"),
     )
