@@ -5,9 +5,12 @@
 - ``padded_collate_packed``: packed rows -> ``tokens``, ``labels``, ``input_pos`` and
   ``document_ids`` [b, s] (-1 on padding); ``tt_models.block_causal_mask(document_ids)`` is the
   mask ``TransformerDecoder.forward(tokens, mask=..., input_pos=...)`` takes.
+- ``padded_collate_vision``: SFT keys plus tiled images and their masks (Llama 3.2 Vision).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -58,3 +61,94 @@ def padded_collate_packed(batch: list[dict[str, list[int]]]) -> dict[str, torch.
     if len(lengths) > 1:
         raise ValueError(f"packed rows must share one length, got lengths {sorted(lengths)}")
     return {k: torch.tensor([item[k] for item in batch], dtype=torch.long) for k in keys}
+
+
+def padded_collate_vision(
+    batch: list[dict[str, Any]],
+    pad_id: int = 0,
+    *,
+    image_token_id: int,
+    max_num_tiles: int,
+    ignore_index: int = IGNORE_INDEX,
+) -> dict[str, torch.Tensor]:
+    """Batch multimodal items (``multimodal_chat_dataset``, ``vqa_dataset``); ``n`` is the
+    most images any sample has:
+
+    - ``tokens``, ``labels`` ``[b, s]``: right-padded as in ``padded_collate_sft``;
+    - ``images`` ``[b, n, max_num_tiles, 3, t, t]`` float32, zeros for padding tiles/images;
+    - ``aspect_ratio_ids`` ``[b, n]`` long, 0 for padding images;
+    - ``aspect_ratio_mask`` ``[b, n, max_num_tiles]`` long: 1 on an image's real tiles; a
+      padding image has its first tile set, as transformers' ``MllamaImageProcessor`` does;
+    - ``image_mask`` ``[b, s, n, max_num_tiles]`` long: 1 where token ``i`` may attend to a
+      tile of image ``j`` (transformers' ``cross_attention_mask``): from image ``j``'s token
+      up to the next image token; an image token directly followed by another takes that
+      one's end (the text after a run of image tokens sees all of them); the last image
+      reaches the end of the padded row. Text before the first image token sees no image.
+
+    A batch in which no sample has an image has only ``tokens`` and ``labels``: the model
+    then runs as a text model. Items without an ``images`` key count as having none.
+    """
+    out = padded_collate_sft(batch, pad_id, ignore_index)
+    images = [list(item.get("images", ())) for item in batch]
+    ratio_ids = [list(item.get("aspect_ratio_ids", ())) for item in batch]
+    n = max(len(row) for row in images)
+    if n == 0:
+        return out
+    if image_token_id == pad_id:
+        raise ValueError(f"image_token_id and pad_id are both {pad_id}; they must differ")
+    tile_shape = _tile_shape(images, ratio_ids, max_num_tiles)
+    b, s = out["tokens"].shape
+    pixels = torch.zeros(b, n, max_num_tiles, *tile_shape, dtype=torch.float32)
+    ids = torch.zeros(b, n, dtype=torch.long)
+    tile_mask = torch.zeros(b, n, max_num_tiles, dtype=torch.long)
+    tile_mask[:, :, 0] = 1
+    image_mask = torch.zeros(b, s, n, max_num_tiles, dtype=torch.long)
+    for i, row in enumerate(images):
+        positions = (out["tokens"][i] == image_token_id).nonzero().flatten().tolist()
+        if len(positions) != len(row):
+            raise ValueError(
+                f"batch sample {i} has {len(positions)} image token(s) (id {image_token_id}) "
+                f"but {len(row)} image(s); every image needs exactly one image token"
+            )
+        for j, (tiles, (start, end)) in enumerate(zip(row, image_spans(positions, s))):
+            k = tiles.shape[0]
+            pixels[i, j, :k] = tiles
+            ids[i, j] = ratio_ids[i][j]
+            tile_mask[i, j, :k] = 1
+            image_mask[i, start:end, j, :k] = 1
+    out.update(images=pixels, aspect_ratio_ids=ids, aspect_ratio_mask=tile_mask)
+    out["image_mask"] = image_mask
+    return out
+
+
+def image_spans(positions: list[int], length: int) -> list[tuple[int, int]]:
+    """The ``[start, end)`` tokens that attend to each image, whose image token is at
+    ``positions[j]``: up to the next image token, or that token's own end when it directly
+    follows (runs of image tokens share one end); the last image's end is ``length``."""
+    ends = [*positions[1:], length]
+    for j in range(len(positions) - 2, -1, -1):
+        if ends[j] == positions[j] + 1:  # the next token is an image token too
+            ends[j] = ends[j + 1]
+    return list(zip(positions, ends))
+
+
+def _tile_shape(
+    images: list[list[torch.Tensor]], ratio_ids: list[list[int]], max_num_tiles: int
+) -> tuple[int, ...]:
+    """The common ``(3, t, t)`` of every image's tiles, checking each item's images."""
+    shapes = set()
+    for i, (row, ids) in enumerate(zip(images, ratio_ids)):
+        if len(ids) != len(row):
+            raise ValueError(
+                f"batch sample {i} has {len(row)} image(s) but {len(ids)} aspect_ratio_ids"
+            )
+        for j, tiles in enumerate(row):
+            if tiles.dim() != 4 or not 1 <= tiles.shape[0] <= max_num_tiles:
+                raise ValueError(
+                    f"batch sample {i}, image {j}: tiles must be [1..{max_num_tiles}, 3, t, t] "
+                    f"(max_num_tiles={max_num_tiles}), got {tuple(tiles.shape)}"
+                )
+            shapes.add(tuple(tiles.shape[1:]))
+    if len(shapes) > 1:
+        raise ValueError(f"images in a batch must share one tile shape, got {sorted(shapes)}")
+    return shapes.pop()

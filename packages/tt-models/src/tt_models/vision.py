@@ -23,7 +23,7 @@ from torch import nn
 
 
 def supported_aspect_ratios(max_num_tiles: int) -> tuple[tuple[int, int], ...]:
-    """Every (width, height) grid of tiles with at most ``max_num_tiles`` tiles, in the order
+    """Every (rows, cols) grid of tiles with at most ``max_num_tiles`` tiles, in the order
     Meta and transformers number them (aspect ratio id = index + 1; 0 is padding)."""
     return tuple(
         (w, h)
@@ -47,7 +47,7 @@ class VisionConfig:
         patch_size: side of a square patch in pixels.
         max_num_tiles: tiles per image (images are padded to this many).
         intermediate_layers: local layers whose outputs join the encoder's output.
-        aspect_ratios: the tile grids (width, height) an image may be cut into; None means
+        aspect_ratios: the tile grids (rows, cols) an image may be cut into; None means
             every grid of at most ``max_num_tiles`` tiles.
         norm_eps: epsilon of the layers' LayerNorms.
         n_channels: image channels.

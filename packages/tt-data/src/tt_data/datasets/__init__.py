@@ -1,4 +1,4 @@
-"""Dataset builders: generic, named (hub defaults) and synthetic."""
+"""Dataset builders: generic, multimodal, named (hub defaults) and synthetic."""
 
 from tt_data.datasets.base import (
     DataError,
@@ -12,6 +12,13 @@ from tt_data.datasets.base import (
     load_rows,
     preference_dataset,
     text_completion_dataset,
+)
+from tt_data.datasets.multimodal import (
+    MultimodalMessages,
+    MultimodalTransform,
+    VQAToMessages,
+    multimodal_chat_dataset,
+    vqa_dataset,
 )
 from tt_data.datasets.named import (
     alpaca,
@@ -39,6 +46,11 @@ from tt_data.datasets.synthetic import (
 )
 
 __all__ = [
+    "MultimodalMessages",
+    "MultimodalTransform",
+    "VQAToMessages",
+    "multimodal_chat_dataset",
+    "vqa_dataset",
     "PromptTransform",
     "arithmetic_prompt_rows",
     "gsm8k_prompts",

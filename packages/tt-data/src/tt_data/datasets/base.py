@@ -63,11 +63,26 @@ class SFTTransform:
         return {"tokens": tokens, "labels": labels_from_mask(tokens, mask)}
 
     def __call__(self, row: Mapping[str, Any], index: int) -> Sample:
-        return self.tokenize(self.message_transform(row, index))
+        messages = self.message_transform(row, index)
+        refuse_images(messages, index)
+        return self.tokenize(messages)
 
     def check(self, row: Mapping[str, Any], index: int) -> None:
         """Raise what ``__call__`` would raise about the row's columns, without tokenizing."""
-        self.message_transform(row, index)
+        messages = self.message_transform(row, index)
+        for conversation in messages if isinstance(messages, tuple) else (messages,):
+            refuse_images(conversation, index)
+
+
+def refuse_images(messages: list[Message], index: int) -> None:
+    """Text datasets have no images to give: an image part would be a token without one."""
+    for turn, message in enumerate(messages):
+        if message.num_images:
+            raise ValueError(
+                f"row {index}, turn {turn}: the message has {message.num_images} image "
+                "part(s); this dataset is text-only (for images: multimodal_chat_dataset, "
+                "vqa_dataset)"
+            )
 
 
 class PreferenceTransform(SFTTransform):
@@ -75,6 +90,8 @@ class PreferenceTransform(SFTTransform):
 
     def __call__(self, row: Mapping[str, Any], index: int) -> Sample:
         chosen, rejected = self.message_transform(row, index)
+        refuse_images(chosen, index)
+        refuse_images(rejected, index)
         out = {}
         for prefix, messages in (("chosen", chosen), ("rejected", rejected)):
             sample = self.tokenize(messages)

@@ -16,7 +16,13 @@ from typing import Any
 import datasets
 import torch
 
-from tt_data.datasets.base import DataError, TokenizedDataset, _check_rows, load_rows
+from tt_data.datasets.base import (
+    DataError,
+    TokenizedDataset,
+    _check_rows,
+    load_rows,
+    refuse_images,
+)
 from tt_data.datasets.synthetic import split_sums
 from tt_data.messages import Message
 from tt_data.tokenizers.protocol import ModelTokenizer
@@ -53,12 +59,14 @@ class PromptTransform(RowTransform):
         column = self.column("prompt")
         value = row.get(column)
         if isinstance(value, list):
-            messages, text = _openai_turns(value, index), value[-1].get("content", "")
+            messages = _openai_turns(value, index)
+            text = messages[-1].text if messages else ""
         else:
             text = self.field(row, "prompt", index)
             messages = [Message(role="user", content=text)]
             if self.system_prompt is not None:
                 messages.insert(0, Message(role="system", content=self.system_prompt))
+        refuse_images(messages, index)
         truncated_before = getattr(self.tokenizer, "num_truncated", 0)
         if self.chat or isinstance(value, list):
             tokens, _ = self.tokenizer.tokenize_messages(messages, add_generation_prompt=True)

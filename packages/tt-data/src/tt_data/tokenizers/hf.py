@@ -14,6 +14,11 @@ end of its segment, so its end-of-turn token is trained. A token is trained when
 characters overlap a trained span. This works for templates without ``{% generation %}``
 tags, which is most of them.
 
+Images: a message's image parts go to the template as ``{"type": "image"}`` parts (Llama 3.2
+Vision's template renders each as ``<|image|>``). ``image_id`` is the id of the
+``image_token`` that tokenizer_config.json names, else of an added ``<|image|>`` token, else
+None.
+
 ``chat_format="torchtune_qwen2"`` instead gives the ids torchtune 0.6.1's Qwen2/Qwen2.5
 tokenizers give (no template: ``<|im_start|>{role}\\n`` and the content encoded on their own,
 ``<|im_end|>\\n`` after every turn but a final answer, then eos), so a torchtune config trains
@@ -34,7 +39,7 @@ from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
-from tt_data.messages import Message
+from tt_data.messages import ImagePart, Message
 from tt_data.tokenizers.protocol import (
     PromptTemplate,
     TruncatingTokenizer,
@@ -43,6 +48,7 @@ from tt_data.tokenizers.protocol import (
 )
 
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
+DEFAULT_IMAGE_TOKEN = "<|image|>"
 CHAT_FORMATS = (None, "torchtune_qwen2")  # None: the model's own chat template
 
 
@@ -149,6 +155,7 @@ class HFTokenizer(TruncatingTokenizer):
         # Padding is always masked out of the loss, so eos is a safe stand-in for a missing pad.
         self.pad_id: int = self.eos_id if pad_id is None else pad_id
         self.stop_tokens = self._stop_tokens(generation_config or {})
+        self.image_token, self.image_id = self._image_token()
         self.max_seq_len = max_seq_len
         self.num_truncated = 0
         self._template = compile_chat_template(chat_template) if chat_template else None
@@ -156,6 +163,16 @@ class HFTokenizer(TruncatingTokenizer):
     def _id_of(self, key: str) -> int | None:
         content = self.special_tokens.get(key)
         return None if content is None else self._tok.token_to_id(content)
+
+    def _image_token(self) -> tuple[str | None, int | None]:
+        """The config's ``image_token`` if the vocabulary has it, else an added ``<|image|>``."""
+        named = _token_content(self.config.get("image_token"))
+        if named is not None and self._tok.token_to_id(named) is not None:
+            return named, self._tok.token_to_id(named)
+        added = {t.content: i for i, t in self._tok.get_added_tokens_decoder().items()}
+        if DEFAULT_IMAGE_TOKEN in added:
+            return DEFAULT_IMAGE_TOKEN, added[DEFAULT_IMAGE_TOKEN]
+        return None, None
 
     def _stop_tokens(self, generation_config: dict[str, Any]) -> list[int]:
         extra = generation_config.get("eos_token_id") or []
@@ -219,8 +236,8 @@ class HFTokenizer(TruncatingTokenizer):
                     "use system, user or assistant"
                 )
             ids = [start, *self._plain(f"{message.role}\n")]
-            for text in template_segments(message, self.prompt_template):
-                ids += self._plain(text)
+            for segment in template_segments(message, self.prompt_template):
+                ids += [self.image_id] if isinstance(segment, ImagePart) else self._plain(segment)
             if message.role != "assistant" or i != len(messages) - 1:
                 ids += [end, *self._plain("\n")]
             tokens += ids
@@ -269,7 +286,7 @@ class HFTokenizer(TruncatingTokenizer):
 
     def _content_start(self, messages: list[Message], k: int, text: str, lo: int, hi: int) -> int:
         """Where assistant message ``k``'s content starts, i.e. after its role header."""
-        content = messages[k].content
+        content = messages[k].text
         prompt = self.render(messages[:k], add_generation_prompt=True) if k else ""
         if k and text.startswith(prompt) and lo <= len(prompt) <= hi:
             rest = text[len(prompt) : hi]

@@ -4,6 +4,10 @@
 is NOT trained (its label becomes -100). Sequences longer than ``max_seq_len`` are cut to
 ``max_seq_len`` tokens whose last one is ``eos_id``, so a truncated sample still teaches the
 model to stop. Truncations are counted in ``num_truncated`` and logged once per tokenizer.
+
+Tokenizers of vision models also have ``image_id``: the token an ``ImagePart`` of a message
+becomes (None when the tokenizer has no image token; a message with images is then an error).
+Image tokens are never trained, whatever the masking: they are inputs, not predictions.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol, runtime_checkable
 
-from tt_data.messages import Message
+from tt_data.messages import ImagePart, Message
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +62,7 @@ class TruncatingTokenizer:
     eos_id: int
     max_seq_len: int | None
     num_truncated: int = 0
+    image_id: int | None = None
 
     def _format_messages(
         self, messages: list[Message], add_generation_prompt: bool
@@ -70,7 +75,11 @@ class TruncatingTokenizer:
         """Token ids of the formatted conversation and its mask (True = not trained)."""
         if not messages:
             raise ValueError("tokenize_messages got an empty message list")
+        if self.image_id is None:
+            check_no_images(messages, type(self).__name__)
         tokens, mask = self._format_messages(messages, add_generation_prompt)
+        if self.image_id is not None:
+            mask = [m or t == self.image_id for t, m in zip(tokens, mask)]
         return self.truncate(tokens, mask)
 
     def truncate(self, tokens: list[int], mask: list[bool]) -> tuple[list[int], list[bool]]:
@@ -111,10 +120,26 @@ def check_prompt_template(template: object) -> PromptTemplate | None:
     return {role: (tags[0], tags[1]) for role, tags in template.items()}
 
 
-def template_segments(message: Message, template: PromptTemplate | None) -> list[str]:
-    """The pieces of text torchtune encodes one by one for ``message``: its role's prepend
-    tag, the content, the append tag (empty tags are left out, as torchtune does)."""
+def check_no_images(messages: list[Message], tokenizer: str) -> None:
+    """A ValueError if a message has image parts: ``tokenizer`` has no image token."""
+    for i, message in enumerate(messages):
+        if message.num_images:
+            raise ValueError(
+                f"message {i} ({message.role}) has {message.num_images} image part(s), but "
+                f"{tokenizer} has no image token; use the tokenizer of a vision model (one "
+                "with '<|image|>', e.g. Llama 3.2 Vision's) or text-only messages"
+            )
+
+
+def template_segments(message: Message, template: PromptTemplate | None) -> list[str | ImagePart]:
+    """The pieces torchtune encodes one by one for ``message``: its role's prepend tag, the
+    content (each part of multimodal content on its own), the append tag (empty tags are left
+    out, as torchtune does)."""
+    if isinstance(message.content, str):
+        content: list[str | ImagePart] = [message.content]
+    else:
+        content = [p if isinstance(p, ImagePart) else p.text for p in message.content]
     if not template or message.role not in template:
-        return [message.content]
+        return content
     prepend, append = template[message.role]
-    return [text for text in (prepend, message.content, append) if text] or [""]
+    return [s for s in (prepend, *content, append) if not isinstance(s, str) or s] or [""]

@@ -133,14 +133,14 @@ class SentencePieceTokenizer(TruncatingTokenizer):
         system = ""
         for message in messages:
             if message.role == "system":
-                system = message.content + "\n\n"
+                system = message.text + "\n\n"
                 continue
             if message.role == "user":
-                text = user_fmt.format(content=system + message.content)
+                text = user_fmt.format(content=system + message.text)
                 ids = self.encode(text, add_bos=False, add_eos=False)
                 system = ""
             elif message.role == "assistant":
-                text = assistant_fmt.format(content=message.content)
+                text = assistant_fmt.format(content=message.text)
                 ids = self.encode(text, add_bos=False, add_eos=end_with_eos)
             else:
                 raise ValueError(
@@ -230,7 +230,7 @@ def _templated(
     for m in messages:
         if m.role == "system" and name == "torchtune_llama2":
             prefix, suffix = template["system"]
-            system = [prefix, m.content, suffix]
+            system = [prefix, m.text, suffix]
             continue
         if m.role == "system" and name == "torchtune_mistral":
             raise ValueError("torchtune's Mistral chat template has no system turn")
@@ -238,10 +238,10 @@ def _templated(
             raise ValueError(f"role {m.role!r} is not supported by chat_format {name!r}")
         if m.role in template:
             prefix, suffix = template[m.role]
-            middle = [*system, m.content] if m.role == "user" else [m.content]
+            middle = [*system, m.text] if m.role == "user" else [m.text]
             # torchtune leaves empty tags out (what the next turn's spacing depends on)
             segments = [text for text in (prefix, *middle, suffix) if text] or [""]
             turns.append((m.role, m.masked, segments))
         else:
-            turns.append((m.role, m.masked, [m.content]))
+            turns.append((m.role, m.masked, [m.text]))
     return turns

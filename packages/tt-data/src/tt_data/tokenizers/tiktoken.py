@@ -7,6 +7,11 @@ Chat layout (Meta's documented format)::
 A message with ``eot=False`` ends with ``<|eom_id|>`` (tool calls expecting a result). The
 header of a message shares the message's mask, so an assistant turn trains its header,
 content and ``<|eot_id|>``.
+
+Images (Llama 3.2 Vision): an ``ImagePart`` becomes ``<|image|>``, the id right after the 256
+special tokens (128256 with Llama 3's 128000 ranks), where the part is; each text part is
+stripped as Meta's format does, so ``[image, "What is this?"]`` reads
+``...<|end_header_id|>\\n\\n<|image|>What is this?<|eot_id|>``.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import base64
 import os
 
-from tt_data.messages import Message
+from tt_data.messages import ImagePart, Message
 from tt_data.tokenizers.protocol import (
     PromptTemplate,
     TruncatingTokenizer,
@@ -28,6 +33,7 @@ LLAMA3_PATTERN = (
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 NUM_SPECIAL_TOKENS = 256
+IMAGE_TOKEN = "<|image|>"
 _NAMED_SPECIAL = [
     "<|begin_of_text|>",
     "<|end_of_text|>",
@@ -91,11 +97,14 @@ class Llama3Tokenizer(TruncatingTokenizer):
 
         ranks = load_tiktoken_ranks(path)
         self.special = llama3_special_tokens(len(ranks))
+        self._text_vocab_size = len(ranks) + NUM_SPECIAL_TOKENS
+        # Llama 3.2 Vision's image token comes after the text vocabulary (its own embedding row).
+        self.image_id = self._text_vocab_size
         self._enc = tiktoken.Encoding(
             name=os.path.basename(str(path)),
             pat_str=LLAMA3_PATTERN,
             mergeable_ranks=ranks,
-            special_tokens=self.special,
+            special_tokens={**self.special, IMAGE_TOKEN: self.image_id},
         )
         self.bos_id = self.special["<|begin_of_text|>"]
         self.eos_id = self.special["<|end_of_text|>"]
@@ -112,8 +121,8 @@ class Llama3Tokenizer(TruncatingTokenizer):
 
     @property
     def vocab_size(self) -> int:
-        """Base ranks plus the 256 special tokens."""
-        return self._enc.n_vocab
+        """Base ranks plus the 256 special tokens (``<|image|>``, ``image_id``, comes after)."""
+        return self._text_vocab_size
 
     def encode(self, text: str, add_bos: bool = True, add_eos: bool = True) -> list[int]:
         """Token ids of ``text``; special-token strings in it are encoded as plain text."""
@@ -145,8 +154,11 @@ class Llama3Tokenizer(TruncatingTokenizer):
             body = self._header(message.role)
             if message.role == "ipython":
                 body.append(self.python_tag_id)
-            for text in template_segments(message, self.prompt_template):
-                body += self.encode(text.strip(), add_bos=False, add_eos=False)
+            for segment in template_segments(message, self.prompt_template):
+                if isinstance(segment, ImagePart):
+                    body.append(self.image_id)
+                else:
+                    body += self.encode(segment.strip(), add_bos=False, add_eos=False)
             body.append(self.eot_id if message.eot else self.eom_id)
             tokens += body
             mask += [message.masked] * len(body)
