@@ -73,10 +73,15 @@ def test_in_memory_names_load_too():
     assert torch.equal(state["decoder.output.weight"], hf.lm_head.weight)
 
 
-def test_adapter_targets_name_transformers_modules():
-    assert tt_module_to_hf("decoder.layers.1.cross_attn.q_proj", "mllama") == (
-        "language_model.model.layers.1.cross_attn.q_proj"
-    )
-    assert tt_module_to_hf("encoder.global_layers.0.attn.v_proj", "mllama") == (
-        "vision_model.global_transformer.layers.0.self_attn.v_proj"
-    )
+def test_adapter_targets_name_the_modules_of_transformers_model_in_memory():
+    """PEFT adapters name modules as peft finds them in the loaded model."""
+    modules = dict(_model().named_modules())
+    for tt, hf in [
+        ("decoder.layers.1.cross_attn.q_proj", "model.language_model.layers.1.cross_attn.q_proj"),
+        ("decoder.layers.2.mlp.up_proj", "model.language_model.layers.2.mlp.up_proj"),
+        ("encoder.global_layers.0.attn.v_proj",
+         "model.vision_model.global_transformer.layers.0.self_attn.v_proj"),
+        ("encoder.layers.1.mlp.fc2", "model.vision_model.transformer.layers.1.mlp.fc2"),
+    ]:  # fmt: skip
+        assert tt_module_to_hf(tt, "mllama") == hf
+        assert hf in modules

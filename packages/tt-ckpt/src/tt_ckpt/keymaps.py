@@ -50,6 +50,9 @@ class KeyMap:
     ignored_hf: tuple[str, ...] = ()  # non-persistent buffers found in old checkpoints
     tt_shapes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (tt pattern, config expressions)
     naming: str = "Hugging Face"  # what the non-tt side is called in error messages
+    # (HF pattern, tt pattern) of module names in a transformers model in memory, where they
+    # differ from the files' (PEFT adapters name those modules); None: ``rules``.
+    module_rules: tuple[tuple[str, str], ...] | None = None
     _compiled: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
 
@@ -200,11 +203,11 @@ _PHI3_RULES, _PHI3_SHAPES = _decoder_tables(
 _, _ALL_LINEAR_SHAPES = _decoder_tables()
 
 
-def _mllama_rules() -> tuple[tuple[str, str], ...]:
+def _mllama_rules() -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
     """Llama 3.2 Vision (``MllamaForConditionalGeneration``): tt's ``decoder.*`` (cross-
     attention layers' keys under ``cross_attn``) and ``encoder.*`` (the image encoder and its
-    projection). The Hub's names come first (what transformers writes and tt saves), then
-    transformers 5's in-memory ones, which load too."""
+    projection), as the Hub's files name them (what transformers writes and tt saves), and as
+    transformers 5 names them in memory (they load too; PEFT adapters use them)."""
     decoder_layer = [
         ("input_layernorm.weight", "attn_norm.weight"),
         ("post_attention_layernorm.weight", "mlp_norm.weight"),
@@ -236,12 +239,14 @@ def _mllama_rules() -> tuple[tuple[str, str], ...]:
         *((f"global_transformer.layers.{{i}}.gate_{hf}", f"global_layers.{{i}}.{tt}_gate")
           for hf, tt in (("attn", "attn"), ("ffn", "mlp"))),
     ]  # fmt: skip
-    rules = []
-    for text, vision, projector, head in (
-        ("language_model.model.", "vision_model.", "multi_modal_projector.", "language_model."),
-        ("model.language_model.", "model.vision_model.", "model.multi_modal_projector.", ""),
-    ):
-        rules += [
+    rules: dict[str, list[tuple[str, str]]] = {"files": [], "memory": []}
+    for layout, text, vision, projector, head in (
+        ("files", "language_model.model.", "vision_model.", "multi_modal_projector.",
+         "language_model."),
+        ("memory", "model.language_model.", "model.vision_model.", "model.multi_modal_projector.",
+         ""),
+    ):  # fmt: skip
+        rules[layout] += [
             (f"{text}embed_tokens.weight", "decoder.tok_embeddings.weight"),
             (f"{text}norm.weight", "decoder.norm.weight"),
             (f"{head}lm_head.weight", "decoder.output.weight"),
@@ -252,13 +257,15 @@ def _mllama_rules() -> tuple[tuple[str, str], ...]:
             *((f"{vision}{hf}", f"encoder.{tt}") for hf, tt in encoder),
             *((f"{projector}{w}", f"encoder.projection.{w}") for w in ("weight", "bias")),
         ]
-    return tuple(rules)
+    return tuple(rules["files"]), tuple(rules["memory"])
 
 
 _MLLAMA_TEXT = ("text_config.intermediate_size", "text_config.hidden_size")
+_MLLAMA_FILES, _MLLAMA_MEMORY = _mllama_rules()
 MLLAMA = KeyMap(
     family="mllama",
-    rules=_mllama_rules(),
+    rules=_MLLAMA_FILES + _MLLAMA_MEMORY,
+    module_rules=_MLLAMA_MEMORY,
     ignored_hf=("language_model.model.layers.{i}.self_attn.rotary_emb.inv_freq",),
     # only what every Hub config.json states (the 90B's leaves the rest to defaults)
     tt_shapes=(
@@ -454,7 +461,8 @@ def tt_to_hf(
 
 
 def tt_module_to_hf(name: str, family: str | KeyMap = "llama") -> str:
-    """Map a tt module name to the HF module name, e.g. for PEFT adapter target keys.
+    """Map a tt module name to the HF module name in a transformers model (in memory), e.g.
+    for PEFT adapter target keys.
 
     ``tt_module_to_hf("layers.0.attn.q_proj", "llama") == "model.layers.0.self_attn.q_proj"``
     """
@@ -468,10 +476,11 @@ def tt_module_to_hf(name: str, family: str | KeyMap = "llama") -> str:
             f"modules cannot take per-projection adapters. Target modules that HF keeps "
             f"separate instead (in Phi-3: o_proj, down_proj)."
         )
-    found = _match([tt for _, tt in keymap.rules], weight_key, keymap._compiled)
+    rules = keymap.module_rules or keymap.rules
+    found = _match([tt for _, tt in rules], weight_key, keymap._compiled)
     if found is None:
         raise UnknownKeyError(name, family=keymap.family, naming="tt module")
-    return _fill(keymap.rules[found[0]][0], found[1]).removesuffix(".weight")
+    return _fill(rules[found[0]][0], found[1]).removesuffix(".weight")
 
 
 def check_shapes(

@@ -70,6 +70,7 @@ def padded_collate_vision(
     image_token_id: int,
     max_num_tiles: int,
     ignore_index: int = IGNORE_INDEX,
+    tile_size: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Batch multimodal items (``multimodal_chat_dataset``, ``vqa_dataset``); ``n`` is the
     most images any sample has:
@@ -86,17 +87,22 @@ def padded_collate_vision(
       reaches the end of the padded row. Text before the first image token sees no image.
 
     A batch in which no sample has an image has only ``tokens`` and ``labels``: the model
-    then runs as a text model. Items without an ``images`` key count as having none.
+    then runs as a text model. With ``tile_size`` it instead has one padding image slot of
+    ``[3, tile_size, tile_size]`` tiles that no token sees (a sharded model must run its image
+    layers on every process alike). Items without an ``images`` key count as having none.
     """
     out = padded_collate_sft(batch, pad_id, ignore_index)
     images = [list(item.get("images", ())) for item in batch]
     ratio_ids = [list(item.get("aspect_ratio_ids", ())) for item in batch]
     n = max(len(row) for row in images)
-    if n == 0:
+    if n == 0 and tile_size is None:
         return out
     if image_token_id == pad_id:
         raise ValueError(f"image_token_id and pad_id are both {pad_id}; they must differ")
-    tile_shape = _tile_shape(images, ratio_ids, max_num_tiles)
+    if n == 0:
+        n, tile_shape = 1, (3, tile_size, tile_size)
+    else:
+        tile_shape = _tile_shape(images, ratio_ids, max_num_tiles)
     b, s = out["tokens"].shape
     pixels = torch.zeros(b, n, max_num_tiles, *tile_shape, dtype=torch.float32)
     ids = torch.zeros(b, n, dtype=torch.long)

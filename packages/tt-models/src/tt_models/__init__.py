@@ -17,7 +17,7 @@ Example::
 
 from tt_models import sizes
 from tt_models.attention import MultiHeadAttention
-from tt_models.builders import build_model, transformer_decoder
+from tt_models.builders import BLOCK_CLASSES, build_model, llama3_2_vision, transformer_decoder
 from tt_models.config import DecoderConfig
 from tt_models.cross_attention import CrossAttention, TransformerCrossAttentionLayer
 from tt_models.decoder import TransformerDecoder, TransformerSelfAttentionLayer
@@ -47,6 +47,7 @@ from tt_models.vision import (
 )
 
 __all__ = [
+    "BLOCK_CLASSES",
     "FAMILIES",
     "SUPPORTED_MODEL_TYPES",
     "CrossAttention",
@@ -83,5 +84,6 @@ __all__ = [
     "rope_inv_freq",
     "to_hf_config",
     "transformer_decoder",
+    "llama3_2_vision",
     *sizes.__all__,
 ]

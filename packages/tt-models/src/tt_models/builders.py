@@ -3,7 +3,7 @@ builder (every dimension an argument). The published sizes are in ``tt_models.si
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -19,9 +19,12 @@ from tt_models.fusion import FusionModel
 from tt_models.moe import MoEFeedForward
 from tt_models.norm import RMSNorm
 from tt_models.rope import RotaryEmbedding
-from tt_models.vision import VisionEncoder
+from tt_models.vision import VisionConfig, VisionEncoder, VisionEncoderLayer
 
 Device = torch.device | str | None
+# The repeated blocks of every model built here: the units that FSDP shards, activation
+# checkpointing recomputes and torch.compile compiles one by one.
+BLOCK_CLASSES = (TransformerSelfAttentionLayer, TransformerCrossAttentionLayer, VisionEncoderLayer)
 
 
 def build_model(
@@ -172,5 +175,50 @@ def transformer_decoder(
         tie_embeddings=tie_embeddings,
         attn_bias=attn_bias,
         mlp_bias=mlp_bias,
+    )
+    return build_model(cfg, device=device, dtype=dtype)
+
+
+def llama3_2_vision(
+    *,
+    vocab_size: int,
+    dim: int,
+    n_layers: int,
+    n_heads: int,
+    hidden_dim: int,
+    cross_attention_layers: Sequence[int],
+    image_token_id: int,
+    vision: dict[str, Any],
+    n_kv_heads: int | None = None,
+    max_seq_len: int = 4096,
+    norm_eps: float = 1e-5,
+    rope_base: float = 500_000.0,
+    rope_scaling: dict[str, Any] | None = None,
+    device: Device = None,
+    dtype: torch.dtype | None = None,
+) -> FusionModel:
+    """Component builder of Llama 3.2 Vision: every dimension is an argument.
+
+    ``vision`` holds ``VisionConfig``'s arguments (the image encoder); the decoder has
+    ``n_layers`` layers of which ``cross_attention_layers`` read the images, and 8 token
+    embeddings after the vocabulary (``image_token_id`` may be one of them). See
+    ``DecoderConfig`` for the rest.
+    """
+    cfg = DecoderConfig(
+        model_type="mllama",
+        vocab_size=vocab_size,
+        dim=dim,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        hidden_dim=hidden_dim,
+        max_seq_len=max_seq_len,
+        norm_eps=norm_eps,
+        rope_base=rope_base,
+        rope_scaling=rope_scaling,
+        extra_token_embeddings=8,
+        cross_attention_layers=tuple(cross_attention_layers),
+        image_token_id=image_token_id,
+        vision=VisionConfig(**vision),
     )
     return build_model(cfg, device=device, dtype=dtype)

@@ -114,11 +114,13 @@ def generate_stream(
     top_p: float | None = None,
     stop_tokens: Sequence[int] | None = None,
     seed: int | None = None,
+    images: Mapping[str, torch.Tensor] | None = None,
 ) -> Iterator[int]:
     """Yield the token ids generated for one prompt as they are produced.
 
-    Same sampling arguments as ``generate``; the stream ends after a stop token or
-    ``max_new_tokens`` tokens. Closing the iterator early removes the KV-caches too.
+    Same sampling arguments as ``generate`` (``images``: the prompt's, batched for one row);
+    the stream ends after a stop token or ``max_new_tokens`` tokens. Closing the iterator
+    early removes the KV-caches too.
     """
     prompt = prompt_tokens.tolist() if isinstance(prompt_tokens, torch.Tensor) else prompt_tokens
     for token, _ in _decode_steps(
@@ -131,6 +133,7 @@ def generate_stream(
         stop_tokens=stop_tokens,
         pad_id=0,
         seed=seed,
+        images=images,
     ):
         yield int(token[0])
         if stop_tokens and int(token[0]) in stop_tokens:

@@ -74,8 +74,10 @@ def add_adapters(model: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
         if not isinstance(peft.target_modules, str)
         else peft.target_modules
     )
+    # A frozen image encoder takes no adapters: only the decoder (and its fusion layers) adapts.
+    adapted = model.decoder if cfg.get("freeze_encoder") and hasattr(model, "encoder") else model
     apply_lora(
-        model,
+        adapted,
         targets,
         rank=peft.rank,
         alpha=peft.alpha,

@@ -135,10 +135,9 @@ def save_pretrained(
     if isinstance(model, TransformerScorer):
         config, weights = _as_sequence_classification(config, weights, model.num_labels)
     if source_dir is not None and (Path(source_dir) / "config.json").is_file():
-        # Keep fields tt does not model (token ids, architectures' extras) from the source.
-        known = {k: v for k, v in config.items() if v is not None}  # None: tt does not know it
-        config = {**read_hf_config(source_dir), **known}
-    config.update(config_updates or {})
+        config = _keep_source_fields(config, read_hf_config(source_dir))
+    # a vision model's token ids belong to its text decoder's config
+    config.get("text_config", config).update(config_updates or {})
     return save_hf_checkpoint(
         weights,
         config,
@@ -147,6 +146,16 @@ def save_pretrained(
         dtype=dtype,
         max_shard_size=max_shard_size,
     )
+
+
+def _keep_source_fields(config: dict, source: dict) -> dict:
+    """``config`` over the source's config.json, whose fields tt does not model (token ids,
+    architectures' extras) are kept; a nested ``text_config`` is merged the same way."""
+    known = {k: v for k, v in config.items() if v is not None}  # None: tt does not know it
+    merged = {**source, **known}
+    if isinstance(config.get("text_config"), dict) and isinstance(source.get("text_config"), dict):
+        merged["text_config"] = _keep_source_fields(config["text_config"], source["text_config"])
+    return merged
 
 
 def _as_sequence_classification(

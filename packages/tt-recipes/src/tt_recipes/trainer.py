@@ -32,8 +32,9 @@ import torch
 import tt_dist
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
-from tt_data import padded_collate_packed, padded_collate_sft
+from tt_data import padded_collate_packed, padded_collate_sft, padded_collate_vision
 from tt_models import RouterLosses, block_causal_mask, moe_blocks, take_balance
+from tt_models.generation import IMAGE_KEYS
 
 from tt_recipes import checkpointing, console, interrupts, metric_logging, profiling, training
 from tt_recipes.config import (
@@ -89,6 +90,11 @@ TRAINING_KEYS: dict[str, ConfigKey] = {
     ),
     "loss": ConfigKey(component=True, doc="defaults to tt_recipes.losses.ChunkedCrossEntropy"),
     "clip_grad_norm": ConfigKey(float | None, default=None, min=0),
+    "freeze_encoder": ConfigKey(
+        bool,
+        default=False,
+        doc="a vision model's image encoder does not train (and takes no adapters)",
+    ),
     "moe_loss": ConfigKey(
         keys={
             "aux_loss_coef": ConfigKey(
@@ -156,10 +162,21 @@ class BatchLoss:
 Batch = dict[str, torch.Tensor]
 
 
-def collate_sft(samples: list[dict[str, Any]], pad_id: int) -> Batch:
-    """Padded SFT batches, or packed rows when the dataset is packed."""
+def collate_sft(
+    samples: list[dict[str, Any]], pad_id: int, images: dict[str, int] | None = None
+) -> Batch:
+    """Padded SFT batches, packed rows when the dataset is packed, and the images of a
+    multimodal dataset's samples (``images``: ``padded_collate_vision``'s settings for the
+    model, from ``training.image_collation``)."""
     if "document_ids" in samples[0]:
         return padded_collate_packed(samples)
+    if "images" in samples[0]:
+        if images is None:
+            raise ValueError(
+                "the dataset's samples hold images, but the model has no image encoder (a "
+                "vision model's config.json has a vision_config, e.g. Llama 3.2 Vision)"
+            )
+        return padded_collate_vision(samples, pad_id, **images)
     return padded_collate_sft(samples, pad_id=pad_id)
 
 
@@ -327,7 +344,11 @@ def setup(
     )
 
     tokenizer = instantiate(cfg.tokenizer)
-    collate = partial(objective.collate, pad_id=tokenizer.pad_id)
+    collate = partial(
+        objective.collate,
+        pad_id=tokenizer.pad_id,
+        **training.image_collation(model, tokenizer, dist),
+    )
     dataset = training.build_dataset(cfg.dataset, tokenizer)
     shard = {"rank": dist.rank, "world_size": dist.world_size, "device": device}
     loader, sampler = training.build_dataloader(
@@ -413,12 +434,15 @@ def build_trained_model(
             f"Resuming the run in {checkpointing.checkpoint_root(cfg)}: the model is built, "
             "then its weights and the run's state come from the latest checkpoint"
         )
+    prepare = plan.prepare
+    if cfg.get("freeze_encoder"):
+        prepare = partial(training.freeze_image_encoder, prepare=plan.prepare)
     if dist.is_distributed and cfg.checkpointer.get("checkpoint_dir"):
-        model = training.load_sharded_model(cfg, dist.device, dtype, plan.prepare)
+        model = training.load_sharded_model(cfg, dist.device, dtype, prepare)
     else:
         model = training.build_model(cfg, dist.device, dtype)
-        if plan.prepare is not None:
-            model = plan.prepare(model, cfg)
+        if prepare is not None:
+            model = prepare(model, cfg)
         if cfg.enable_activation_checkpointing:
             training.enable_activation_checkpointing(model)
         if dist.is_distributed:
@@ -492,7 +516,10 @@ def hidden_states(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     mask = batch.get("mask")
     if mask is None and "document_ids" in batch:
         mask = block_causal_mask(batch["document_ids"])
-    return model(batch["tokens"], mask=mask, input_pos=batch.get("input_pos"), return_hidden=True)
+    images = {key: batch[key] for key in IMAGE_KEYS if key in batch}
+    return model(
+        batch["tokens"], mask=mask, input_pos=batch.get("input_pos"), return_hidden=True, **images
+    )
 
 
 def offloaded_activations(run: Run) -> Any:

@@ -226,6 +226,49 @@ def build_dataset(dataset_cfg: Any, tokenizer: Any) -> Dataset:
     return instantiate(dataset_cfg, tokenizer)
 
 
+def freeze_image_encoder(model: torch.nn.Module, cfg: Any, prepare: Any = None) -> torch.nn.Module:
+    """``prepare`` (adapters, for instance), then the image encoder of a vision model frozen:
+    ``freeze_encoder: true``."""
+    encoder = getattr(model, "encoder", None)
+    if encoder is None:
+        raise ValueError(
+            f"freeze_encoder: true, but the model ({model.config.model_type}) has no image "
+            "encoder; set freeze_encoder: false"
+        )
+    if prepare is not None:
+        model = prepare(model, cfg)
+    encoder.requires_grad_(False)
+    log.info("The image encoder is frozen (freeze_encoder: true)")
+    return model
+
+
+def image_collation(model: torch.nn.Module, tokenizer: Any, dist: Any) -> dict[str, Any]:
+    """``{"images": settings}`` for ``collate_sft`` when ``model`` reads images, else ``{}``.
+
+    Under several processes a batch without images still gets one blank image: every process
+    must run the same layers (FSDP gathers each layer's weights together), so the image encoder
+    and the cross-attention layers cannot be skipped on one process alone.
+    """
+    vision = getattr(model.config, "vision", None)
+    if vision is None:
+        return {}
+    image_id = getattr(tokenizer, "image_id", None)
+    if image_id is None:
+        raise ValueError(
+            f"the model reads images but the tokenizer {type(tokenizer).__name__} has no image "
+            "token (Llama 3.2 Vision's <|image|>); use the model's own tokenizer"
+        )
+    if image_id != model.config.image_token_id:
+        raise ValueError(
+            f"the tokenizer's image token is id {image_id} but the model's config.json says "
+            f"image_token_index={model.config.image_token_id}; use the model's own tokenizer"
+        )
+    settings = {"image_token_id": image_id, "max_num_tiles": vision.max_num_tiles}
+    if dist.is_distributed:
+        settings["tile_size"] = vision.tile_size
+    return {"images": settings}
+
+
 def build_dataloader(
     dataset: Dataset,
     *,
@@ -271,12 +314,12 @@ def peak_memory_gib(device: torch.device) -> float:
 def shard(model: torch.nn.Module, cfg: Any) -> None:
     """FSDP2 per transformer block, with the run's fsdp_* settings."""
     import tt_dist
-    from tt_models import TransformerSelfAttentionLayer
+    from tt_models import BLOCK_CLASSES
 
     check_nf4_shardable(model, tt_dist.get_world_size())
     tt_dist.shard_model(
         model,
-        block_classes=[TransformerSelfAttentionLayer],
+        block_classes=list(BLOCK_CLASSES),
         reshard_after_forward=cfg.fsdp_reshard_after_forward,
         cpu_offload=cfg.fsdp_cpu_offload,
         custom_sharded_layers=cfg.custom_sharded_layers,
@@ -306,21 +349,21 @@ def check_nf4_shardable(model: torch.nn.Module, world_size: int) -> None:
 
 
 def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The repeated blocks of a tt decoder (``model.layers``)."""
-    layers = getattr(model, "layers", None)
-    if layers is None:
-        raise ValueError(f"{type(model).__name__} has no `layers`: cannot find its blocks")
-    return list(layers)
+    """The repeated blocks of a tt model (decoder layers, and an image encoder's layers)."""
+    from tt_models import BLOCK_CLASSES
+
+    blocks = [m for m in model.modules() if isinstance(m, BLOCK_CLASSES)]
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} has no transformer blocks")
+    return blocks
 
 
 def enable_activation_checkpointing(model: torch.nn.Module) -> None:
     """Recompute each block's activations in backward instead of storing them."""
     from tt_dist import apply_activation_checkpointing
-    from tt_models import TransformerSelfAttentionLayer
+    from tt_models import BLOCK_CLASSES
 
-    apply_activation_checkpointing(
-        model, lambda _name, module: isinstance(module, TransformerSelfAttentionLayer)
-    )
+    apply_activation_checkpointing(model, lambda _name, module: isinstance(module, BLOCK_CLASSES))
 
 
 def compile_blocks(model: torch.nn.Module) -> None:

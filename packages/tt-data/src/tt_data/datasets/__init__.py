@@ -39,6 +39,7 @@ from tt_data.datasets.prompts import (
     prompt_dataset,
     synthetic_arithmetic_prompts,
 )
+from tt_data.datasets.shapes import draw_shape, shape_rows, synthetic_shapes
 from tt_data.datasets.synthetic import (
     arithmetic_rows,
     synthetic_arithmetic,
@@ -78,6 +79,9 @@ __all__ = [
     "stack_exchange_paired",
     "synthetic_arithmetic",
     "synthetic_arithmetic_preference",
+    "synthetic_shapes",
+    "shape_rows",
+    "draw_shape",
     "text_completion_dataset",
     "wikitext",
 ]

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from tt_data import Message
 from tt_models import generate_stream
 
-from tt_recipes import console, training
+from tt_recipes import console, training, vision
 from tt_recipes.config import DEVICE_KEY, DTYPES, LOG_LEVEL_KEY, ConfigKey, RecipeSpec, instantiate
 from tt_recipes.pretrained import from_pretrained
 
@@ -30,6 +30,11 @@ SPEC = RecipeSpec(
         "tokenizer": ConfigKey(component=True, required=True),
         "prompt": ConfigKey(
             str | list, required=True, doc="text, or a list of {role, content} chat messages"
+        ),
+        "image": ConfigKey(
+            str | list | None,
+            default=None,
+            doc="image file(s) put before a text prompt in its user turn (a vision model)",
         ),
         "chat": ConfigKey(
             bool, default=True, doc="format a text prompt as a user turn with the chat template"
@@ -53,7 +58,14 @@ def recipe_main(cfg: DictConfig) -> None:
         training.resolve_checkpoint_dir(cfg.checkpoint_dir), dtype=cfg.dtype, device=device
     )
     tokenizer = instantiate(cfg.tokenizer)
-    prompt = prompt_tokens(tokenizer, OmegaConf.to_container(cfg, resolve=True)["prompt"], cfg.chat)
+    values = OmegaConf.to_container(cfg, resolve=True)
+    messages = prompt_messages(values["prompt"], values["image"])
+    prompt = prompt_tokens(tokenizer, messages, cfg.chat)
+    images = (
+        None
+        if isinstance(messages, str)
+        else vision.prompt_images(model, tokenizer, prompt, messages)
+    )
     log.info(f"Prompt ({len(prompt)} tokens): {tokenizer.decode(prompt)!r}")
 
     start = time.perf_counter()
@@ -69,6 +81,7 @@ def recipe_main(cfg: DictConfig) -> None:
             top_p=cfg.top_p,
             stop_tokens=tokenizer.stop_tokens,
             seed=cfg.seed,
+            images=images,
         ):
             generated.append(token)
             if token in tokenizer.stop_tokens:
@@ -85,12 +98,23 @@ def recipe_main(cfg: DictConfig) -> None:
     )
 
 
-def prompt_tokens(tokenizer, prompt: str | list, chat: bool) -> list[int]:
-    """Token ids for a text prompt (chat-formatted when ``chat``) or a list of messages."""
-    if isinstance(prompt, str) and not chat:
-        return tokenizer.encode(prompt, add_bos=True, add_eos=False)
+def prompt_messages(prompt: str | list, image: str | list | None) -> str | list[Message]:
+    """Chat messages of a text prompt (the images first in its user turn) or of a list of
+    ``{role, content}`` dicts (content: text, or text and image parts)."""
+    images = [image] if isinstance(image, str) else list(image or [])
     if isinstance(prompt, str):
-        prompt = [{"role": "user", "content": prompt}]
+        if not images:
+            return prompt
+        parts = [
+            *({"type": "image", "image": path} for path in images),
+            {"type": "text", "text": prompt},
+        ]
+        return [Message(role="user", content=parts)]
+    if images:
+        raise ValueError(
+            "image is for a text prompt; with chat messages put {type: image, image: PATH} "
+            "parts in a message's content instead"
+        )
     messages = []
     for i, message in enumerate(prompt):
         if not isinstance(message, dict) or set(message) != {"role", "content"}:
@@ -99,5 +123,14 @@ def prompt_tokens(tokenizer, prompt: str | list, chat: bool) -> list[int]:
                 "'role' and 'content'"
             )
         messages.append(Message(role=message["role"], content=message["content"]))
-    tokens, _ = tokenizer.tokenize_messages(messages, add_generation_prompt=True)
+    return messages
+
+
+def prompt_tokens(tokenizer, prompt: str | list[Message], chat: bool) -> list[int]:
+    """Token ids for a text prompt (chat-formatted when ``chat``) or a list of messages."""
+    if isinstance(prompt, str) and not chat:
+        return tokenizer.encode(prompt, add_bos=True, add_eos=False)
+    if isinstance(prompt, str):
+        prompt = [Message(role="user", content=prompt)]
+    tokens, _ = tokenizer.tokenize_messages(prompt, add_generation_prompt=True)
     return tokens
