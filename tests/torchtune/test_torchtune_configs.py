@@ -16,7 +16,7 @@ from tt_cli.main import main
 # What tt lacks, as `tt validate` says it: the only reasons a torchtune config may fail.
 MISSING = {
     "recipe": "tt has no recipe ",
-    "vision model": "tt has no Llama 3.2 Vision model yet",
+    "vision configs": "torchtune's Llama 3.2 Vision configs are not translated yet",
 }
 
 

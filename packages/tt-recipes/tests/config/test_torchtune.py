@@ -262,8 +262,9 @@ def test_an_unknown_torchtune_component_and_vision_models_are_named():
     ]
     assert problems(model={"_component_": "torchtune.models.llama3_2_vision.llama3_2_vision_11b"},
                     collate_fn="torchtune.data.padded_collate_tiled_images_and_mask") == [
-        "tt.yaml: tt has no Llama 3.2 Vision model yet "
-        "(torchtune.models.llama3_2_vision.llama3_2_vision_11b)"
+        "tt.yaml: torchtune's Llama 3.2 Vision configs are not translated yet "
+        "(torchtune.models.llama3_2_vision.llama3_2_vision_11b); tt's llama3_2_vision configs "
+        "fine-tune the model"
     ]  # fmt: skip
 
 

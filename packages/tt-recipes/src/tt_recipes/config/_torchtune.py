@@ -208,7 +208,10 @@ def from_torchtune(
     values = _raw(cfg)
     vision = [p for p in _components(values) if any(m in p for m in VISION_MARKERS)]
     if vision:
-        raise ConfigError(f"{source}: tt has no Llama 3.2 Vision model yet ({vision[0]})")
+        raise ConfigError(
+            f"{source}: torchtune's Llama 3.2 Vision configs are not translated yet ({vision[0]}); "
+            "tt's llama3_2_vision configs fine-tune the model"
+        )
     problems: Problems = []
     notes: Notes = []
     for rewrite in (_ppo, _model, _checkpointers, _tokenizer, _losses, _quantizer, _profiler,
@@ -538,7 +541,7 @@ def _prompt(values: dict, keys: Mapping[str, Any], notes: Notes, problems: Probl
         content = prompt.get(role)
         if isinstance(content, Mapping):  # generate_v2: {text: ..., image: ...}
             if content.get("image") is not None:
-                problems.append("key 'prompt.user.image': tt has no vision model yet")
+                values["image"] = content["image"]  # tt's generate shows it before the text
             content = content.get("text")
             if content is None:
                 problems.append(f"key 'prompt.{role}': expected text or {{text: ...}}")
