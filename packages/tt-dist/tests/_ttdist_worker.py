@@ -3,6 +3,7 @@
 train_save: meta init -> shard -> load full weights -> 2 steps -> DCP save -> 2 more steps;
             then the same with optimizer-in-backward and activation checkpointing.
 resume:     sharded model restored from CKPT_DIR, trained to the end.
+wait:       write this worker's pid to OUT_DIR/worker_RANK.pid and idle (killed by the test).
 nf4:        meta init with NF4 fc1 weights -> shard -> load full-precision weights; each rank
             checks its NF4 shard against the whole-tensor quantization, then trains; the
             gathered full state dict holds the whole NF4 weights.
@@ -12,7 +13,9 @@ Rank 0 writes losses and the gathered final weights to OUT_DIR.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -82,6 +85,10 @@ def save_result(
 def main() -> None:
     scenario, out = sys.argv[1], Path(sys.argv[2])
     info = tt_dist.init_distributed()
+    if scenario == "wait":  # for the test that kills the launcher: say who we are, then idle
+        (out / f"worker_{info.rank}.pid").write_text(str(os.getpid()))
+        time.sleep(120)
+        return
     rank, world = info.rank, info.world_size
     model = sharded_model(out, nf4=scenario == "nf4")
     opt = tiny.make_optimizer([p for p in model.parameters() if p.requires_grad])

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import _ttdist_tiny as tiny
@@ -143,3 +145,33 @@ def test_nf4_base_weights_load_shard_by_shard_from_meta(tmp_path, reference):
     assert losses == pytest.approx(ref_losses, abs=LOSS_ATOL, rel=0)
     want = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     _assert_same_weights(weights, want)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split()[2] == "Z")  # a zombie is gone
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
+def test_workers_die_with_a_killed_launcher(tmp_path):
+    """torchrun starts each worker in a session of its own: SIGKILL to the launcher's process
+    group must not leave them running (they would go on writing checkpoints)."""
+    cmd = _torchrun("--standalone", "--nproc_per_node=2", str(WORKER), "wait", str(tmp_path))
+    launcher = subprocess.Popen(cmd, env=_env(), start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    pid_files = [tmp_path / f"worker_{rank}.pid" for rank in (0, 1)]
+    deadline = time.monotonic() + 120
+    while not all(f.is_file() and f.read_text() for f in pid_files):
+        assert launcher.poll() is None and time.monotonic() < deadline, "workers did not start"
+        time.sleep(0.05)
+    workers = [int(f.read_text()) for f in pid_files]
+    os.killpg(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers), "workers outlived the launcher"

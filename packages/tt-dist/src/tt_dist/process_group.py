@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -105,6 +108,7 @@ def init_distributed(
     """
     if not _launched_by_torchrun():
         return DistInfo(0, 1, 0, get_device(device, local_rank=0), None)
+    _exit_with_the_launcher()
     rank, world_size = _env_int("RANK"), _env_int("WORLD_SIZE")
     local_rank = _env_int("LOCAL_RANK")
     if rank >= world_size:
@@ -118,6 +122,25 @@ def init_distributed(
             backend=resolved, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s)
         )
     return DistInfo(rank, world_size, local_rank, dev, resolved)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _exit_with_the_launcher() -> None:
+    """Die when torchrun's agent dies (Linux). torchrun starts each worker in a session of its
+    own, so a SIGKILL of the launcher's process group leaves the workers running: they would
+    go on training, saving and pruning checkpoints while a resumed run reads them."""
+    if not sys.platform.startswith("linux"):
+        return
+    launcher = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != launcher or launcher == 1:  # the launcher died before prctl
+        os._exit(1)
 
 
 def destroy_distributed(barrier: bool = True) -> None:
