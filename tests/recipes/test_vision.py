@@ -77,9 +77,9 @@ def test_tiny_vision_learns_what_held_out_pictures_show(tiny_vision: Path) -> No
     untrained.init_weights()  # the same architecture before training
     before = answer_accuracy(untrained, tokenizer, _held_out())
     after = answer_accuracy(from_pretrained(tiny_vision), tokenizer, _held_out())
-    # measured (bench/results/tiny_vision.jsonl): 0.00 -> see the records; colour alone is
-    # a third of the answer space, so >= 0.7 needs the shapes too
-    assert before == 0.0 and after >= 0.7, (before, after)
+    # measured on these 64 (bench/results/tiny_vision.jsonl, 2 seeds x 2 kernel paths):
+    # 0.00 -> 0.88-0.97; the colour alone would give a third of the answers
+    assert before == 0.0 and after >= 0.75, (before, after)
 
 
 def test_the_checkpoint_loads_in_transformers_with_the_same_logits(tiny_vision: Path) -> None:

@@ -344,11 +344,13 @@ def setup(
     )
 
     tokenizer = instantiate(cfg.tokenizer)
-    collate = partial(
-        objective.collate,
-        pad_id=tokenizer.pad_id,
-        **training.image_collation(model, tokenizer, dist),
-    )
+    images = training.image_collation(model, tokenizer, dist)
+    if images and objective.collate is not collate_sft:
+        raise ValueError(
+            "this recipe trains text models; a vision model (Llama 3.2 Vision) trains with "
+            "full_finetune or lora_finetune"
+        )
+    collate = partial(objective.collate, pad_id=tokenizer.pad_id, **images)
     dataset = training.build_dataset(cfg.dataset, tokenizer)
     shard = {"rank": dist.rank, "world_size": dist.world_size, "device": device}
     loader, sampler = training.build_dataloader(
