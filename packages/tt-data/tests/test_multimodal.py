@@ -415,3 +415,38 @@ def test_image_token_text_in_a_question_is_an_error(tmp_path, image_dir, vision_
         tt_data.DataError, match=r"vqa.jsonl: row 0: the chat format gave 2 image token\(s\) for 1"
     ):
         ds[0]
+
+
+def test_the_cauldron_rows_put_every_image_before_the_first_question(tmp_path, llama3_tokenizer):
+    """The Cauldron's layout (a list of Image features and a list of user/assistant turns),
+    read from a parquet file as the Hub serves it: both images lead the first user turn, and
+    only the answers are trained."""
+    images = [{"bytes": _png(40, 60, seed=i), "path": None} for i in range(2)]
+    texts = [{"user": "What do you see?", "assistant": "Noise.", "source": "x"},
+             {"user": "Anything else?", "assistant": "No.", "source": "x"}]  # fmt: skip
+    rows = datasets.Dataset.from_dict(
+        {"images": [images], "texts": [texts]},
+        features=datasets.Features({
+            "images": datasets.Sequence(datasets.Image()),
+            "texts": [{"user": datasets.Value("string"), "assistant": datasets.Value("string"),
+                       "source": datasets.Value("string")}],
+        }),
+    )  # fmt: skip
+    rows.to_parquet(str(tmp_path / "cauldron.parquet"))
+    tok = llama3_tokenizer
+    transform = tt_data.TiledImageTransform(tile_size=28, max_num_tiles=2)
+    ds = tt_data.the_cauldron(
+        tok, subset=None, source="parquet", data_files=str(tmp_path / "cauldron.parquet"),
+        image_transform=transform,
+    )  # fmt: skip
+    item = ds[0]
+    messages = [
+        Message("user", [IMAGE, IMAGE, {"type": "text", "text": "What do you see?"}]),
+        Message("assistant", "Noise."),
+        Message("user", "Anything else?"),
+        Message("assistant", "No."),
+    ]
+    _assert_item(item, *_expected(tok, transform, messages, images, None))
+    trained = _trained(tok, item["tokens"], [t == IGNORE for t in item["labels"]])
+    header = "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    assert trained == f"{header}Noise.<|eot_id|>{header}No.<|eot_id|>"

@@ -51,6 +51,14 @@ def test_target_matching_rules(load_llama, targets, expected: list[str]) -> None
     assert list(adapter_layers(model)) == expected
 
 
+def test_include_leaves_modules_out_of_the_candidates(load_llama) -> None:
+    """A frozen part takes no adapters, and an entry matching only there is an error."""
+    model = apply_lora(load_llama(), ["q_proj"], rank=2, alpha=4, include=lambda n: ".1." not in n)
+    assert list(adapter_layers(model)) == [ATTN.format(0, "q_proj")]
+    with pytest.raises(ValueError, match=r"entries \['lm_head'\] match none of the 14"):
+        apply_lora(load_llama(), ["lm_head"], rank=2, alpha=4, include=lambda n: n != "lm_head")
+
+
 def test_plain_entry_does_not_match_a_partial_leaf(load_llama) -> None:
     # "proj" is neither a module name nor a dotted suffix of "q_proj"
     with pytest.raises(ValueError, match=r"entries \['proj'\] match none of the 15 nn.Linear"):

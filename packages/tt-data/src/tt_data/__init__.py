@@ -34,6 +34,7 @@ from tt_data.datasets import (
     synthetic_arithmetic_prompts,
     synthetic_shapes,
     text_completion_dataset,
+    the_cauldron,
     vqa_dataset,
     wikitext,
 )
@@ -86,5 +87,6 @@ __all__ = [
     "text_completion_dataset",
     "tokenizers",
     "vqa_dataset",
+    "the_cauldron",
     "wikitext",
 ]

@@ -37,13 +37,16 @@ def apply_lora(
     quantize_base: bool = False,
     use_rslora: bool = False,
     name_map: Callable[[str], str] | None = None,
+    include: Callable[[str], bool] | None = None,
 ) -> nn.Module:
     """Replace the ``nn.Linear`` modules selected by ``target_modules`` with LoRA/DoRA layers.
 
     Works in place on any module tree (tt_models or transformers models) and returns ``model``.
     Matching follows peft (see :mod:`tt_peft.targets`): ``"q_proj"`` selects every module whose
     name ends in ``.q_proj``; ``"re:..."`` entries and a bare string are full-match regexes.
-    ``name_map`` translates module names before matching (e.g. tt -> HF names).
+    ``name_map`` translates module names before matching (e.g. tt -> HF names); ``include``
+    (given a module's own name) leaves modules out of the candidates altogether, e.g. the
+    modules of a frozen part of the model.
 
     The base weights are frozen and keep their state-dict keys; everything else keeps its
     ``requires_grad`` (call :func:`mark_only_adapters_trainable` to train adapters alone).
@@ -62,7 +65,7 @@ def apply_lora(
             f"model already has adapters on {list(adapter_layers(model))[:4]}...; "
             "merge_adapters(model) first or build a fresh model"
         )
-    names = linear_module_names(model)
+    names = [n for n in linear_module_names(model) if include is None or include(n)]
     rename = name_map or (lambda n: n)
     mapped = {rename(n): n for n in names}
     what = f"nn.Linear modules of {type(model).__name__}"

@@ -20,6 +20,7 @@ from tt_models import build_model, to_hf_config
 from tt_peft import apply_lora, mark_only_adapters_trainable, merged_state_dict
 from tt_peft import save_adapter as save_peft_adapter
 
+from tt_recipes import training
 from tt_recipes.checkpointing import Exporter, full_model_exporter, save_hf_model, source_dir
 from tt_recipes.config import ConfigKey
 from tt_recipes.trainer import ModelPlan
@@ -74,11 +75,15 @@ def add_adapters(model: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
         if not isinstance(peft.target_modules, str)
         else peft.target_modules
     )
-    # A frozen image encoder takes no adapters: only the decoder (and its fusion layers) adapts.
-    adapted = model.decoder if cfg.get("freeze_encoder") and hasattr(model, "encoder") else model
+    include = None
+    if cfg.get("freeze") and getattr(model.config, "vision", None) is not None:
+        # the frozen parts of a vision model take no adapters
+        fusion = training.fusion_prefixes(model.config)
+        include = lambda name: not training.is_frozen(name, cfg.freeze, fusion)  # noqa: E731
     apply_lora(
-        adapted,
+        model,
         targets,
+        include=include,
         rank=peft.rank,
         alpha=peft.alpha,
         dropout=peft.dropout,

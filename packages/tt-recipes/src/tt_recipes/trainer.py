@@ -90,10 +90,12 @@ TRAINING_KEYS: dict[str, ConfigKey] = {
     ),
     "loss": ConfigKey(component=True, doc="defaults to tt_recipes.losses.ChunkedCrossEntropy"),
     "clip_grad_norm": ConfigKey(float | None, default=None, min=0),
-    "freeze_encoder": ConfigKey(
-        bool,
-        default=False,
-        doc="a vision model's image encoder does not train (and takes no adapters)",
+    "freeze": ConfigKey(
+        list,
+        default=[],
+        choices=training.FREEZE_CHOICES,
+        doc="parts of a vision model that do not train (nor take adapters): encoder, decoder; "
+        "the fusion layers (cross-attention, the encoder's projection) always train",
     ),
     "moe_loss": ConfigKey(
         keys={
@@ -437,8 +439,8 @@ def build_trained_model(
             "then its weights and the run's state come from the latest checkpoint"
         )
     prepare = plan.prepare
-    if cfg.get("freeze_encoder"):
-        prepare = partial(training.freeze_image_encoder, prepare=plan.prepare)
+    if cfg.get("freeze"):
+        prepare = partial(training.freeze_parts, prepare=plan.prepare)
     if dist.is_distributed and cfg.checkpointer.get("checkpoint_dir"):
         model = training.load_sharded_model(cfg, dist.device, dtype, prepare)
     else:

@@ -226,19 +226,39 @@ def build_dataset(dataset_cfg: Any, tokenizer: Any) -> Dataset:
     return instantiate(dataset_cfg, tokenizer)
 
 
-def freeze_image_encoder(model: torch.nn.Module, cfg: Any, prepare: Any = None) -> torch.nn.Module:
-    """``prepare`` (adapters, for instance), then the image encoder of a vision model frozen:
-    ``freeze_encoder: true``."""
-    encoder = getattr(model, "encoder", None)
-    if encoder is None:
+# The parts of a vision model ``freeze`` may name, and the lists it may be.
+FREEZE_CHOICES = ([], ["encoder"], ["decoder"], ["encoder", "decoder"], ["decoder", "encoder"])
+
+
+def fusion_prefixes(config: Any) -> tuple[str, ...]:
+    """Names under which a vision model's fusion layers live: the cross-attention layers of
+    its decoder and the projection of its image encoder (they join the two)."""
+    layers = tuple(f"decoder.layers.{i}." for i in config.cross_attention_layers or ())
+    return ("encoder.projection.", *layers)
+
+
+def is_frozen(name: str, freeze: Any, fusion: tuple[str, ...]) -> bool:
+    """Whether the parameter or module ``name`` of a vision model is in a part ``freeze``
+    names (``encoder``, ``decoder``), fusion layers never being frozen."""
+    part = name.split(".", 1)[0]
+    return part in freeze and not (name + ".").startswith(fusion)
+
+
+def freeze_parts(model: torch.nn.Module, cfg: Any, prepare: Any = None) -> torch.nn.Module:
+    """``prepare`` (adapters, for instance), then the parts of a vision model named by
+    ``freeze`` frozen."""
+    if getattr(model.config, "vision", None) is None:
         raise ValueError(
-            f"freeze_encoder: true, but the model ({model.config.model_type}) has no image "
-            "encoder; set freeze_encoder: false"
+            f"freeze: {list(cfg.freeze)}, but the model ({model.config.model_type}) is not a "
+            "vision model (it has no image encoder); set freeze: []"
         )
     if prepare is not None:
         model = prepare(model, cfg)
-    encoder.requires_grad_(False)
-    log.info("The image encoder is frozen (freeze_encoder: true)")
+    fusion = fusion_prefixes(model.config)
+    for name, param in model.named_parameters():
+        if is_frozen(name, cfg.freeze, fusion):
+            param.requires_grad_(False)
+    log.info(f"Frozen: the {' and '.join(cfg.freeze)} of the vision model (freeze)")
     return model
 
 

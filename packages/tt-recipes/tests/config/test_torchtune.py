@@ -228,6 +228,10 @@ def test_a_system_and_user_prompt_becomes_chat_messages():
                        loss={"_component_": "torchtune.rlhf.loss.DPOLoss"})  # fmt: skip
     assert out["prompt"] == [{"role": "system", "content": "Be brief."},
                              {"role": "user", "content": "Hi"}]  # fmt: skip
+    out, _ = translate(GENERATE, prompt={"user": {"image": "cat.png", "text": "What is it?"}},
+                       loss={"_component_": "torchtune.rlhf.loss.DPOLoss"})  # fmt: skip
+    assert out["prompt"] == [{"role": "user", "content": [
+        {"type": "image", "image": "cat.png"}, {"type": "text", "text": "What is it?"}]}]  # fmt: skip
 
 
 def test_keys_that_restate_tt_are_accepted_only_at_that_value():
@@ -255,16 +259,73 @@ def test_other_top_level_keys():
     ]
 
 
-def test_an_unknown_torchtune_component_and_vision_models_are_named():
+def test_an_unknown_torchtune_component_is_named():
     assert problems(lr_scheduler={"_component_": "torchtune.training.lr_schedulers.new_one"}) == [
         "tt.yaml: key 'lr_scheduler': tt has no equivalent of "
         "torchtune.training.lr_schedulers.new_one yet"
     ]
-    assert problems(model={"_component_": "torchtune.models.llama3_2_vision.llama3_2_vision_11b"},
-                    collate_fn="torchtune.data.padded_collate_tiled_images_and_mask") == [
-        "tt.yaml: torchtune's Llama 3.2 Vision configs are not translated yet "
-        "(torchtune.models.llama3_2_vision.llama3_2_vision_11b); tt's llama3_2_vision configs "
-        "fine-tune the model"
+
+
+VISION = "torchtune.models.llama3_2_vision."
+VISION_TRANSFORM = {"_component_": VISION + "llama3_2_vision_transform", "path": "/m/t.model",
+                    "image_size": 448, "max_seq_len": 8192}  # fmt: skip
+CAULDRON = {"_component_": "torchtune.datasets.multimodal.the_cauldron_dataset",
+            "subset": "ocrvqa", "packed": False}  # fmt: skip
+
+
+def test_llama3_2_vision_lora_config():
+    """torchtune's default LoRA split: the decoder frozen, adapters in the encoder and the
+    fusion layers (encoder MLPs too with apply_lora_to_mlp); its transform's tile size goes to
+    the dataset's tiling, its collator is tt's own."""
+    out, notes = translate(
+        model={"_component_": VISION + "lora_llama3_2_vision_11b", "decoder_trainable": "frozen",
+               "encoder_trainable": "lora", "fusion_trainable": "lora", "image_size": 448,
+               "lora_attn_modules": ["q_proj", "output_proj"], "apply_lora_to_mlp": True,
+               "lora_rank": 8, "lora_alpha": 16},
+        tokenizer=VISION_TRANSFORM, dataset=CAULDRON,
+        collate_fn="torchtune.data.padded_collate_tiled_images_and_mask",
+    )  # fmt: skip
+    assert out["freeze"] == ["decoder"]
+    assert out["peft"]["target_modules"] == [
+        "q_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "fc1", "fc2",
+    ]  # fmt: skip
+    assert out["dataset"] == {
+        "_component_": "tt_data.the_cauldron", "subset": "ocrvqa",
+        "image_transform": {"_component_": "tt_data.TiledImageTransform", "tile_size": 448,
+                            "max_num_tiles": 4},
+    }  # fmt: skip
+    assert out["tokenizer"]["_component_"] == "tt_data.tokenizers.from_pretrained"
+    assert "collate_fn" not in out and "image_size" not in out["tokenizer"]
+    assert any("freeze: ['decoder']" in note for note in notes)
+
+
+def test_llama3_2_vision_full_builder_defaults_and_parts_tt_cannot_train_so():
+    full = load_recipe("full_finetune").spec.keys
+    out, _ = translate(full, model={"_component_": VISION + "llama3_2_vision_11b"})
+    assert out["freeze"] == ["decoder"]  # torchtune's default: decoder_trainable=False
+    out, _ = translate(full, model={"_component_": VISION + "llama3_2_vision_90b",
+                                    "decoder_trainable": True, "encoder_trainable": False})  # fmt: skip
+    assert out["freeze"] == ["encoder"]
+    assert problems(full, model={"_component_": VISION + "llama3_2_vision_11b",
+                                 "fusion_trainable": False}) == [
+        "tt.yaml: key 'model.fusion_trainable': tt always trains the fusion layers"
+    ]  # fmt: skip
+    assert problems(model={"_component_": VISION + "lora_llama3_2_vision_11b",
+                           "lora_attn_modules": ["q_proj"], "encoder_trainable": "full"}) == [
+        "tt.yaml: key 'model.encoder_trainable': 'full': a tt LoRA run trains adapters only "
+        "(use full_finetune to train every weight)"
+    ]  # fmt: skip
+    assert problems(dataset={**CAULDRON, "packed": True}) == [
+        "tt.yaml: key 'dataset.packed': tt packs text datasets only"
+    ]
+
+
+def test_llama3_2_vision_evaluation_on_image_tasks_is_named():
+    evaluate = load_recipe("evaluate").spec.keys
+    assert problems(evaluate, model={"_component_": VISION + "llama3_2_vision_11b"},
+                    tasks=["mmmu_val_science"]) == [
+        "tt.yaml: key 'model': tt's evaluate scores text with lm-eval's text interface; image "
+        "tasks (['mmmu_val_science']) need a multimodal one tt does not have yet"
     ]  # fmt: skip
 
 

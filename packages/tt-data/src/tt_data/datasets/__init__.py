@@ -16,8 +16,10 @@ from tt_data.datasets.base import (
 from tt_data.datasets.multimodal import (
     MultimodalMessages,
     MultimodalTransform,
+    TheCauldronToMessages,
     VQAToMessages,
     multimodal_chat_dataset,
+    the_cauldron,
     vqa_dataset,
 )
 from tt_data.datasets.named import (
@@ -52,6 +54,8 @@ __all__ = [
     "VQAToMessages",
     "multimodal_chat_dataset",
     "vqa_dataset",
+    "the_cauldron",
+    "TheCauldronToMessages",
     "PromptTransform",
     "arithmetic_prompt_rows",
     "gsm8k_prompts",

@@ -99,6 +99,35 @@ class VQAToMessages(RowTransform):
         return [user, Message("assistant", answer)]
 
 
+class TheCauldronToMessages(RowTransform):
+    """``{"images": [...], "texts": [{"user", "assistant"}, ...]}`` (HuggingFaceM4's The
+    Cauldron) -> the images, then the first question, in the first user turn; each answer an
+    assistant turn. ``system_prompt`` adds a system turn that is never trained."""
+
+    def __init__(
+        self, column_map: Mapping[str, str] | None = None, system_prompt: str | None = None
+    ) -> None:
+        super().__init__(column_map)
+        self.system_prompt = system_prompt
+
+    def __call__(self, row: Mapping[str, Any], index: int) -> list[Message]:
+        images = self.field(row, "images", index, list)
+        texts = self.field(row, "texts", index, list)
+        messages = []
+        for turn, text in enumerate(texts):
+            if not isinstance(text, Mapping) or not all(
+                isinstance(text.get(k), str) for k in ("user", "assistant")
+            ):
+                raise ValueError(
+                    f"row {index}, text {turn}: expected {{'user': str, 'assistant': str}}, got "
+                    f"{text!r:.80}"
+                )
+            first = tuple(ImagePart(image) for image in images) if turn == 0 else ()
+            messages.append(Message("user", (*first, TextPart(text["user"]))))
+            messages.append(Message("assistant", text["assistant"]))
+        return with_system_prompt(_non_empty(messages, index), self.system_prompt)
+
+
 class MultimodalTransform:
     """Row -> ``{"tokens", "labels", "images", "aspect_ratio_ids"}`` (see the module doc)."""
 
@@ -240,6 +269,31 @@ def vqa_dataset(
     return _build(
         tokenizer, source, VQAToMessages(column_map), image_transform, image_dir, split,
         filter_fn, strategy, None, load_dataset_kwargs,
+    )  # fmt: skip
+
+
+def the_cauldron(
+    tokenizer: ModelTokenizer,
+    *,
+    subset: str | None = "ocrvqa",
+    source: str = "HuggingFaceM4/the_cauldron",
+    image_transform: ImageTransform | None = None,
+    column_map: Mapping[str, str] | None = None,
+    system_prompt: str | None = None,
+    split: str = "train",
+    filter_fn: Callable[[dict], bool] | None = None,
+    max_images: int | None = None,
+    **load_dataset_kwargs: Any,
+) -> torch.utils.data.Dataset:
+    """A subset of HuggingFaceM4's The Cauldron (``ocrvqa``, ``ai2d``, ``chartqa``, ...):
+    rows of ``images`` and ``texts`` (question/answer turns about them); the answers are
+    trained (see ``TheCauldronToMessages``). ``subset: null`` for rows in local files
+    (``source: parquet``, ``data_files: ...``)."""
+    message_transform = TheCauldronToMessages(column_map, system_prompt)
+    subset_kwargs = {} if subset is None else {"name": subset}
+    return _build(
+        tokenizer, source, message_transform, image_transform, None, split, filter_fn,
+        "train_on_assistant", max_images, {**subset_kwargs, **load_dataset_kwargs},
     )  # fmt: skip
 
 

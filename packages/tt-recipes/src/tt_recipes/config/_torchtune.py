@@ -22,8 +22,19 @@ from tt_recipes.config._components import COMPONENT_KEY
 from tt_recipes.config._errors import ConfigError
 
 PREFIX = "torchtune."
-# Components of torchtune's multimodal models, datasets and collators.
-VISION_MARKERS = ("llama3_2_vision", ".multimodal.", "tiled_images")
+# Llama 3.2 Vision: the transform that is its tokenizer and image tiling, the collator tt
+# needs no config for, and the datasets tt has.
+VISION_TRANSFORM = "torchtune.models.llama3_2_vision.llama3_2_vision_transform"
+VISION_COLLATE = "torchtune.data.padded_collate_tiled_images_and_mask"
+VISION_DATASETS = {"torchtune.datasets.multimodal.the_cauldron_dataset": "tt_data.the_cauldron"}
+VISION_TILES = 4  # max_num_tiles of both Llama 3.2 Vision models
+# A vision builder's *_trainable argument -> (tt's freeze name, torchtune's default in a full
+# builder, in a LoRA builder); the fusion part always trains in tt.
+VISION_PARTS = {
+    "decoder_trainable": ("decoder", False, "frozen"),
+    "encoder_trainable": ("encoder", True, "lora"),
+    "fusion_trainable": ("fusion", True, "lora"),
+}
 
 # torchtune component -> (tt component, {torchtune argument: tt argument}). Arguments not in
 # the map keep their names (tt's builders take torchtune's argument names where they mean
@@ -206,16 +217,10 @@ def from_torchtune(
     """``cfg`` (a torchtune config) in tt's form for a recipe reading ``recipe_keys``, and a
     line per rewrite. Raises ConfigError listing every construct tt has no meaning for."""
     values = _raw(cfg)
-    vision = [p for p in _components(values) if any(m in p for m in VISION_MARKERS)]
-    if vision:
-        raise ConfigError(
-            f"{source}: torchtune's Llama 3.2 Vision configs are not translated yet ({vision[0]}); "
-            "tt's llama3_2_vision configs fine-tune the model"
-        )
     problems: Problems = []
     notes: Notes = []
-    for rewrite in (_ppo, _model, _checkpointers, _tokenizer, _losses, _quantizer, _profiler,
-                    _prompt, _top_level_keys):  # fmt: skip
+    for rewrite in (_ppo, _vision_data, _model, _checkpointers, _tokenizer, _losses, _quantizer,
+                    _profiler, _prompt, _top_level_keys):  # fmt: skip
         rewrite(values, recipe_keys, notes, problems)
     _rename_components(values, notes, problems)
     if problems:
@@ -309,6 +314,8 @@ def _model(values: dict, keys: Mapping[str, Any], notes: Notes, problems: Proble
         if builder.startswith(("lora_", "qlora_")) and key == "teacher_model":
             problems.append(f"key '{key}': a teacher with adapters ({path}) is not supported")
             continue
+        if "llama3_2_vision" in builder:
+            node = _vision_parts(values, node, builder, keys, notes, problems)
         if builder.startswith(("lora_", "qlora_")):
             values["peft"] = _peft(node, builder, problems)
             notes.append(f"{key}: {builder}'s LoRA arguments -> peft")
@@ -334,6 +341,8 @@ def _peft(node: Mapping[str, Any], builder: str, problems: Problems) -> dict[str
             )
     if node.get("apply_lora_to_mlp", False):
         targets += MLP_MODULES
+        if "llama3_2_vision" in builder:  # the image encoder's MLPs too
+            targets += ["fc1", "fc2"]
     if node.get("apply_lora_to_output", False):
         targets.append("output")
     peft["target_modules"] = targets
@@ -346,6 +355,79 @@ def _peft(node: Mapping[str, Any], builder: str, problems: Problems) -> dict[str
     if builder.startswith("qlora_"):
         peft["quantize_base"] = True
     return peft
+
+
+def _vision_parts(
+    values: dict,
+    node: Mapping[str, Any],
+    builder: str,
+    keys: Mapping[str, Any],
+    notes: Notes,
+    problems: Problems,
+) -> dict[str, Any]:
+    """A Llama 3.2 Vision builder's ``*_trainable`` arguments -> tt's ``freeze``; returns the
+    builder's other arguments. torchtune's parts train fully (True), not at all (False /
+    "frozen") or through adapters ("lora"); in tt a LoRA run trains adapters alone and the
+    fusion layers (cross-attention, projection) always train."""
+    node = dict(node)
+    if "tasks" in keys:  # evaluate
+        problems.append(
+            f"key 'model': tt's evaluate scores text with lm-eval's text interface; image "
+            f"tasks ({values.get('tasks')}) need a multimodal one tt does not have yet"
+        )
+    lora = builder.startswith(("lora_", "qlora_"))
+    node.pop("image_size", None)  # the tiling's, read from the transform (_vision_data)
+    freeze = []
+    for arg, (part, full_default, lora_default) in VISION_PARTS.items():
+        value = node.pop(arg, lora_default if lora else full_default)
+        trains = value in (True, "full", "lora")
+        if value not in (True, False, "full", "lora", "frozen"):
+            problems.append(f"key 'model.{arg}': {value!r} is not True/False/full/lora/frozen")
+        elif part == "fusion" and not trains:
+            problems.append(f"key 'model.{arg}': tt always trains the fusion layers")
+        elif lora and value in (True, "full"):
+            problems.append(
+                f"key 'model.{arg}': {value!r}: a tt LoRA run trains adapters only (use "
+                "full_finetune to train every weight)"
+            )
+        elif not lora and value == "lora":
+            problems.append(f"key 'model.{arg}': 'lora' needs a lora_ builder")
+        elif not trains:
+            freeze.append(part)
+    if "freeze" in keys:  # a training recipe
+        values["freeze"] = freeze
+        notes.append(f"model: {builder}'s trainable parts -> freeze: {freeze}")
+    return node
+
+
+def _vision_data(values: dict, keys: Mapping[str, Any], notes: Notes, problems: Problems):
+    """Llama 3.2 Vision's transform is its tokenizer (Llama 3's, with the image token) and
+    its image tiling, which tt's image datasets take; its collator is tt's own."""
+    if values.get("collate_fn") == VISION_COLLATE:
+        del values["collate_fn"]
+        notes.append("collate_fn: tt batches images for the model itself")
+    tokenizer = values.get("tokenizer")
+    tile_size = 560
+    if isinstance(tokenizer, dict) and tokenizer.get(COMPONENT_KEY) == VISION_TRANSFORM:
+        tile_size = tokenizer.pop("image_size", tile_size)
+        tokenizer[COMPONENT_KEY] = "torchtune.models.llama3.llama3_tokenizer"
+        notes.append("tokenizer: llama3_2_vision_transform -> the Llama 3 tokenizer + tiling")
+    for key in ("dataset", "dataset_val"):
+        node = values.get(key)
+        path = node.get(COMPONENT_KEY) if isinstance(node, dict) else None
+        if path is None or ".multimodal." not in path:
+            continue
+        if path not in VISION_DATASETS:
+            problems.append(f"key '{key}': tt has no equivalent of {path} yet")
+            continue
+        if node.pop("packed", False):
+            problems.append(f"key '{key}.packed': tt packs text datasets only")
+        if "new_system_prompt" in node:
+            node["system_prompt"] = node.pop("new_system_prompt")
+        node[COMPONENT_KEY] = VISION_DATASETS[path]
+        node["image_transform"] = {COMPONENT_KEY: "tt_data.TiledImageTransform",
+                                   "tile_size": tile_size, "max_num_tiles": VISION_TILES}  # fmt: skip
+        notes.append(f"{key}: {path} -> {VISION_DATASETS[path]} ({tile_size}-pixel tiles)")
 
 
 def _checkpointers(values: dict, keys: Mapping[str, Any], notes: Notes, problems: Problems):
@@ -540,11 +622,11 @@ def _prompt(values: dict, keys: Mapping[str, Any], notes: Notes, problems: Probl
     for role in ("system", "user"):
         content = prompt.get(role)
         if isinstance(content, Mapping):  # generate_v2: {text: ..., image: ...}
-            if content.get("image") is not None:
-                values["image"] = content["image"]  # tt's generate shows it before the text
-            content = content.get("text")
+            image, content = content.get("image"), content.get("text")
             if content is None:
                 problems.append(f"key 'prompt.{role}': expected text or {{text: ...}}")
+            elif image is not None:  # the image first in the turn, as Meta's format has it
+                content = [{"type": "image", "image": image}, {"type": "text", "text": content}]
         if content is not None:
             messages.append({"role": role, "content": content})
     for name in prompt:
