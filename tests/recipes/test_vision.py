@@ -141,10 +141,11 @@ def test_lora_adapters_everywhere_load_in_peft(tiny_vision: Path, tmp_path: Path
 
 
 @pytest.mark.timeout(900)
-def test_two_processes_train_like_one(tmp_path: Path) -> None:
-    """FSDP2 shards the image encoder's and the decoder's blocks: 2 x 8 pictures per step
-    train like 1 x 16 (a few steps from random init)."""
+def test_two_processes_train_like_one(tiny_vision: Path, tmp_path: Path) -> None:
+    """FSDP2 shards the image encoder's and the decoder's blocks, each process loading only
+    its shards of the checkpoint: 2 x 8 pictures per step train like 1 x 16."""
     common = [
+        f"checkpointer.checkpoint_dir={tiny_vision}",
         "dataset.n=64",
         "~dataset_val",
         "run_val_every_n_steps=null",
@@ -153,7 +154,10 @@ def test_two_processes_train_like_one(tmp_path: Path) -> None:
         "max_steps_per_epoch=4",
     ]
     two, one = tmp_path / "two", tmp_path / "one"
-    torchrun(2, "full_finetune", "tiny/vision", [f"output_dir={two}", *common, "batch_size=8"])
+    out = torchrun(
+        2, "full_finetune", "tiny/vision", [f"output_dir={two}", *common, "batch_size=8"]
+    )
+    assert "each process only its shards" in out
     tt(
         "run", "full_finetune", "--config", "tiny/vision", f"output_dir={one}", *common,
         "batch_size=16", cwd=tmp_path,
