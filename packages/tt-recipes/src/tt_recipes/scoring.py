@@ -17,7 +17,8 @@ from typing import Any
 import torch
 import tt_dist
 from omegaconf import DictConfig
-from tt_models import TransformerDecoder, TransformerScorer, build_model
+from tt_data import IGNORE_INDEX
+from tt_models import TransformerDecoder, TransformerScorer, build_model, last_token_index
 from tt_peft import mark_only_adapters_trainable, merged_state_dict
 
 from tt_recipes.adapters import add_adapters
@@ -85,3 +86,21 @@ def _unsharded_copy(model: TransformerScorer, cfg: DictConfig, full_sd: dict) ->
         add_adapters(copy, cfg)
     copy.load_state_dict(full_sd, assign=True)
     return copy
+
+
+def at_end_of_turn(
+    values: torch.Tensor, batch: dict[str, torch.Tensor], pad_id: int, stop_tokens: list[int]
+) -> torch.Tensor:
+    """``values`` ``[b, s, ...]`` at each response's end of turn ``[b, ...]``: its last stop
+    token among the trained positions (``labels``), else its last token that is not padding.
+
+    A chat template may write more after the end of turn (ChatML's newline), but a PPO response
+    ends at its stop token, and the reward model must be trained where PPO reads its score.
+    transformers' score of the sequence cut after that token is the same (causal attention)."""
+    tokens, labels = batch["tokens"], batch["labels"]
+    positions = torch.arange(tokens.shape[1], device=tokens.device)
+    last = last_token_index(tokens, pad_id)
+    stops = torch.tensor(stop_tokens, device=tokens.device)
+    is_end = torch.isin(tokens, stops) & (labels != IGNORE_INDEX) & (positions <= last[:, None])
+    index = torch.where(is_end.any(-1), (positions * is_end).argmax(-1), last)
+    return values[torch.arange(tokens.shape[0], device=tokens.device), index]

@@ -28,6 +28,34 @@ def test_bradley_terry_loss_and_gradient_by_hand():
     assert chosen.grad.tolist() == pytest.approx(grad, rel=1e-6)
 
 
+def test_a_response_is_scored_at_its_end_of_turn_where_ppo_reads_it():
+    """ChatML writes a newline after <|im_end|>; a PPO response ends at <|im_end|>. Training
+    must score where PPO will: the last stop token of the response, not the newline."""
+    from tt_models import DecoderConfig, TransformerScorer, build_model
+    from tt_recipes.scoring import at_end_of_turn
+
+    stop, newline, pad = 2, 30, 0
+    tokens = torch.tensor([
+        [5, 6, stop, 7, 8, stop, newline, pad],  # prompt turn, response "7 8", newline, padding
+        [5, 6, stop, 7, 8, 9, 9, 9],  # a response cut by max_seq_len: no end of turn
+        [5, 6, stop, 7, stop, pad, pad, pad],  # ends at its stop token already
+    ])  # fmt: skip
+    labels = torch.where(torch.arange(8) >= 3, tokens, torch.tensor(-100))
+    labels[tokens == pad] = -100
+    positions = torch.arange(24.0).reshape(3, 8, 1)
+    ends = at_end_of_turn(positions, {"tokens": tokens, "labels": labels}, pad, [stop])
+    # row 0: the response's <|im_end|> (index 5), not the newline nor the prompt's stop (2)
+    assert ends[:, 0].tolist() == [5.0, 8 + 7.0, 16 + 4.0]
+    # a reward model's training score of row 0 is its score of what PPO builds (cut at the stop)
+    torch.manual_seed(0)
+    config = DecoderConfig(vocab_size=32, dim=16, n_layers=1, n_heads=2, hidden_dim=24)
+    scorer = TransformerScorer(build_model(config)).eval()
+    with torch.no_grad():
+        trained = at_end_of_turn(scorer(tokens), {"tokens": tokens, "labels": labels}, pad, [stop])
+        read_by_ppo = scorer.sequence_scores(tokens[:1, :6], pad)
+    torch.testing.assert_close(trained[:1], read_by_ppo, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("peft", ["lora", "full"])
 def test_the_saved_reward_model_scores_like_transformers(
     tiny_full_run: Path, tmp_path: Path, peft: str

@@ -1,7 +1,8 @@
 """Reward model: a decoder with a scalar ``score`` head trained on preference pairs, for PPO.
 
-Each pair's chosen and rejected responses are scored at their last token that is not padding
-(transformers' rule) and the head and decoder learn ``-log sigmoid(r_chosen - r_rejected -
+Each pair's chosen and rejected responses are scored at their end of turn (their last stop
+token; where a PPO response ends, whatever the chat template writes after it) and the head and
+decoder learn ``-log sigmoid(r_chosen - r_rejected -
 margin)`` (``tt_recipes.losses.BradleyTerryLoss``). The start is a causal LM checkpoint whose
 decoder gets a new head, or an earlier reward model. Full or LoRA (the head trains too), on
 1..N processes; the same preference datasets DPO reads.
@@ -17,7 +18,6 @@ from __future__ import annotations
 import logging
 
 from omegaconf import DictConfig
-from tt_models import at_last_token
 
 from tt_recipes import adapters, scoring, trainer
 from tt_recipes.config import ConfigKey, RecipeSpec
@@ -55,7 +55,8 @@ def pair_loss(run: Run, batch: Batch) -> BatchLoss:
     """Bradley-Terry losses summed over the batch's pairs; accuracy and margin beside."""
     with trainer.offloaded_activations(run):
         scores = run.model(batch["tokens"])  # [2b, s, 1]
-    rewards = at_last_token(scores, batch["tokens"], run.tokenizer.pad_id)[:, 0]
+    ends = scoring.at_end_of_turn(scores, batch, run.tokenizer.pad_id, run.tokenizer.stop_tokens)
+    rewards = ends[:, 0]
     chosen, rejected = rewards.chunk(2)
     losses = run.loss_fn(chosen, rejected)
     chosen, rejected = chosen.detach(), rejected.detach()
