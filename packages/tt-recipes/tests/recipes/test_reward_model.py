@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -32,6 +33,7 @@ def test_a_response_is_scored_at_its_end_of_turn_where_ppo_reads_it():
     """ChatML writes a newline after <|im_end|>; a PPO response ends at <|im_end|>. Training
     must score where PPO will: the last stop token of the response, not the newline."""
     from tt_models import DecoderConfig, TransformerScorer, build_model
+    from tt_recipes.recipes.reward_model import pair_loss
     from tt_recipes.scoring import at_end_of_turn
 
     stop, newline, pad = 2, 30, 0
@@ -46,14 +48,24 @@ def test_a_response_is_scored_at_its_end_of_turn_where_ppo_reads_it():
     ends = at_end_of_turn(positions, {"tokens": tokens, "labels": labels}, pad, [stop])
     # row 0: the response's <|im_end|> (index 5), not the newline nor the prompt's stop (2)
     assert ends[:, 0].tolist() == [5.0, 8 + 7.0, 16 + 4.0]
-    # a reward model's training score of row 0 is its score of what PPO builds (cut at the stop)
+    # the recipe's loss scores a pair where PPO will read it: on the sequence cut at the stop
     torch.manual_seed(0)
     config = DecoderConfig(vocab_size=32, dim=16, n_layers=1, n_heads=2, hidden_dim=24)
     scorer = TransformerScorer(build_model(config)).eval()
+    run = SimpleNamespace(
+        model=scorer,
+        loss_fn=BradleyTerryLoss(),
+        tokenizer=SimpleNamespace(pad_id=pad, stop_tokens=[stop]),
+        cfg=SimpleNamespace(enable_activation_offloading=False),
+        dist=SimpleNamespace(device=torch.device("cpu")),
+    )
+    pair = {"tokens": tokens[[0, 2]], "labels": labels[[0, 2]]}  # chosen row 0, rejected row 2
     with torch.no_grad():
-        trained = at_end_of_turn(scorer(tokens), {"tokens": tokens, "labels": labels}, pad, [stop])
-        read_by_ppo = scorer.sequence_scores(tokens[:1, :6], pad)
-    torch.testing.assert_close(trained[:1], read_by_ppo, atol=1e-6, rtol=0)
+        metrics = pair_loss(run, pair).metrics
+        chosen_read_by_ppo = scorer.sequence_scores(tokens[:1, :6], pad)
+        rejected_read_by_ppo = scorer.sequence_scores(tokens[2:, :5], pad)
+    assert metrics["chosen"] == pytest.approx(float(chosen_read_by_ppo), abs=1e-6)
+    assert metrics["rejected"] == pytest.approx(float(rejected_read_by_ppo), abs=1e-6)
 
 
 @pytest.mark.parametrize("peft", ["lora", "full"])

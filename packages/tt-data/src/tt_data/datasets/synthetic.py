@@ -47,78 +47,21 @@ def split_sums(max_operand: int, split: str, above: int = -1) -> list[tuple[int,
     ]
 
 
-WRONG_ANSWERS = ("near_miss", "varied")
-# What a sampled answer can be made of when it is wrong: digits, letters, spaces, punctuation
-# and a few of the Latin-1 characters byte-level tokenizers have.
-_NOISE = (
-    "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz+-=?.!, \u00a1\u00b0\u00bf\u00e9"
-)
-
-
-def _near_miss(rng: random.Random, total: int) -> int:
-    return total + rng.choice([d for d in range(-3, 4) if d and total + d >= 0])
-
-
-def _mangled(rng: random.Random, text: str) -> str:
-    """``text`` with a character replaced, dropped or inserted, or with text after it."""
-    i = rng.randrange(len(text) + 1)
-    change = rng.randrange(4)
-    if change == 0 and i < len(text):
-        return text[:i] + rng.choice(_NOISE) + text[i + 1 :]
-    if change == 1 and i < len(text):
-        return text[:i] + text[i + 1 :]
-    if change == 2:
-        return text[:i] + rng.choice(_NOISE) + text[i:]
-    return text + "".join(rng.choice(_NOISE) for _ in range(rng.randint(1, 5)))
-
-
-def varied_wrong_answer(rng: random.Random, a: int, b: int) -> str:
-    """A wrong answer to ``a + b`` of the shapes a sampling policy produces: half near misses
-    (off by 1-3), the rest another number, an operand or the question echoed, or any of those
-    or the answer itself mangled once or twice (garbled, cut, grown, or followed by text)."""
-    answer = str(a + b)
-    for _ in range(100):
-        if rng.random() < 0.5:  # the hardest to tell apart
-            return str(_near_miss(rng, a + b))
-        start = rng.choice(
-            [
-                answer,
-                answer,
-                str(_near_miss(rng, a + b)),
-                str(rng.randint(0, 2 * (a + b) + 10)),
-                str(rng.choice([a, b])),
-                f"{a} + {b}",
-            ]  # fmt: skip
-        )
-        wrong = start
-        for _ in range(rng.choice([0, 1, 1, 2]) if start != answer else rng.choice([1, 1, 2])):
-            wrong = _mangled(rng, wrong)
-        if wrong.strip() and wrong.strip() != answer:
-            return wrong
-    raise AssertionError(f"no wrong answer found for {a} + {b}")
-
-
 def arithmetic_rows(
     n: int,
     seed: int = 0,
     split: str = "train",
     max_operand: int = 20,
     held_out_sums: bool = False,
-    wrong: str = "near_miss",
 ) -> list[dict[str, str]]:
     """``n`` rows ``{"input": "What is a + b?", "output": str(a + b), "wrong": ...}``.
 
-    ``wrong`` is a deterministic incorrect answer (the rejected side of preference pairs):
-    ``"near_miss"`` is off by 1-3; ``"varied"`` is any shape `varied_wrong_answer` makes.
+    ``wrong`` is a deterministic incorrect answer (the rejected side of preference pairs).
     With ``held_out_sums`` the train split never draws the sums `is_held_out_sum` picks and the
     validation split draws only those, so validation measures sums never trained on.
     """
     if n < 1 or max_operand < 1:
         raise ValueError(f"need n >= 1 and max_operand >= 1, got n={n}, max_operand={max_operand}")
-    if wrong not in WRONG_ANSWERS:
-        raise ValueError(
-            f"wrong={wrong!r} is not a kind of wrong answer; expected one of {WRONG_ANSWERS}"
-        )
     rng = _rng(seed, split)
     pairs = split_sums(max_operand, split) if held_out_sums else None
     rows = []
@@ -127,11 +70,10 @@ def arithmetic_rows(
             a, b = rng.choice(pairs)
         else:
             a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
-        if wrong == "varied":
-            rejected = varied_wrong_answer(rng, a, b)
-        else:
-            rejected = str(_near_miss(rng, a + b))
-        rows.append({"input": f"What is {a} + {b}?", "output": str(a + b), "wrong": rejected})
+        offset = rng.choice([d for d in range(-3, 4) if d != 0 and a + b + d >= 0])
+        rows.append(
+            {"input": f"What is {a} + {b}?", "output": str(a + b), "wrong": str(a + b + offset)}
+        )
     return rows
 
 
@@ -159,16 +101,13 @@ def synthetic_arithmetic_preference(
     split: str = "train",
     max_operand: int = 20,
     held_out_sums: bool = False,
-    wrong: str = "near_miss",
     packed: bool = False,
     max_seq_len: int | None = None,
 ) -> torch.utils.data.Dataset:
-    """Preference pairs: the correct sum is chosen, a wrong answer is rejected: a near miss
-    (off by 1-3), or with ``wrong="varied"`` any of the shapes a sampling policy gets wrong (a
-    reward model that saw only near misses can be gamed by answers unlike them).
+    """Preference pairs: the correct sum is chosen, a near miss (off by 1-3) is rejected.
 
     ``held_out_sums``: validation pairs are on sums the train split never draws."""
-    rows = arithmetic_rows(n, seed, split, max_operand, held_out_sums, wrong)
+    rows = arithmetic_rows(n, seed, split, max_operand, held_out_sums)
     pairs = [{"prompt": r["input"], "chosen": r["output"], "rejected": r["wrong"]} for r in rows]
     rows = datasets.Dataset.from_list(pairs)
     sample_fn = PreferenceTransform(tokenizer, ChosenRejectedToMessages())

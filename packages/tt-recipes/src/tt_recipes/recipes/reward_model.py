@@ -1,9 +1,9 @@
 """Reward model: a decoder with a scalar ``score`` head trained on preference pairs, for PPO.
 
 Each pair's chosen and rejected responses are scored at their end of turn (their last stop
-token; where a PPO response ends, whatever the chat template writes after it) and the head and
-decoder learn ``-log sigmoid(r_chosen - r_rejected -
-margin)`` (``tt_recipes.losses.BradleyTerryLoss``). The start is a causal LM checkpoint whose
+token: where a PPO response ends, whatever the chat template writes after it) and the head and
+decoder learn ``-log sigmoid(r_chosen - r_rejected - margin)``
+(``tt_recipes.losses.BradleyTerryLoss``). The start is a causal LM checkpoint whose
 decoder gets a new head, or an earlier reward model. Full or LoRA (the head trains too), on
 1..N processes; the same preference datasets DPO reads.
 
