@@ -257,7 +257,8 @@ def test_packed_sft_builders_give_torchtunes_packs(case, tokenizer, tmp_path, to
     """`packed: true`: the same rows in the same packs (greedy, in order, none split), each
     document's positions from 0. Padding is only compared by its labels (-100 in both):
     torchtune pads tokens with id 0, tt with the tokenizer's pad id; neither is trained or
-    attended to. (Qwen is left out: packing needs a max_seq_len, see MAX_SEQ_LEN.)"""
+    attended to. Labels are equal but at each document's first position, which tt masks.
+    (Qwen is left out: packing needs a max_seq_len, see MAX_SEQ_LEN.)"""
     builder, args, kind = CASES.get(case) or TEXT_PACKED
     reference, ours = _both(tmp_path, tokenizer_files, tokenizer, builder,
                             {**args, "packed": True}, kind, max_seq_len=256)  # fmt: skip
@@ -266,7 +267,11 @@ def test_packed_sft_builders_give_torchtunes_packs(case, tokenizer, tmp_path, to
     for i in range(len(reference)):
         theirs, mine = reference[i], ours[i]
         used = int(sum(theirs["seq_lens"][: len(set(mine["document_ids"]) - {-1})]))
-        assert list(mine["labels"]) == [int(t) for t in theirs["labels"]], i
+        # tt masks each document's first label: torchtune trains the previous document's
+        # last token to predict it (a target across documents that unpacked rows never have)
+        starts = {j for j, pos in enumerate(mine["input_pos"][:used]) if pos == 0}
+        expected = [-100 if j in starts else int(t) for j, t in enumerate(theirs["labels"])]
+        assert list(mine["labels"]) == expected, i
         assert list(mine["tokens"])[:used] == [int(t) for t in theirs["tokens"]][:used], i
         assert list(mine["input_pos"])[:used] == [int(t) for t in theirs["input_pos"]][:used]
         assert mine["document_ids"][used:] == [-1] * (256 - used)

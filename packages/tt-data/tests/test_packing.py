@@ -53,6 +53,27 @@ def test_packing_never_splits_or_merges_documents(lengths, max_seq_len):
     assert trained == sum(x != IGNORE for _, labels in expected for x in labels)
 
 
+def shifted(labels):
+    """The targets training takes from ``labels``: position i learns label i + 1."""
+    return labels[1:] + [IGNORE]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 40), min_size=1, max_size=30),
+    masked_prefix=st.integers(0, 3),
+)
+def test_packed_rows_train_exactly_the_targets_of_their_documents(lengths, masked_prefix):
+    """No position learns the next document's first token: (position, target) pairs of the
+    packed rows are those of the documents trained one by one (labels == tokens included)."""
+    samples = sft_samples(lengths, masked_prefix)
+    unpacked = [(t, target) for s in samples
+                for t, target in zip(s["tokens"], shifted(s["labels"])) if target != IGNORE]  # fmt: skip
+    packed = [(t, target) for row in PackedDataset(samples, max_seq_len=64)
+              for t, target in zip(row["tokens"], shifted(row["labels"])) if target != IGNORE]  # fmt: skip
+    assert packed == unpacked
+
+
 @settings(max_examples=30, deadline=None)
 @given(
     pairs=st.lists(st.tuples(st.integers(1, 20), st.integers(1, 20)), min_size=1, max_size=15),

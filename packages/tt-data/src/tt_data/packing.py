@@ -7,7 +7,9 @@ A packed row has exactly ``max_seq_len`` positions::
 ``input_pos`` restarts at 0 for every document; ``document_ids`` numbers the documents of the
 row from 0 and is -1 on padding (tokens = pad_id, labels = -100). The model turns
 document ids into the boolean mask (``tt_models.block_causal_mask``, True = may attend) so no
-token attends across documents. Documents are never split: one longer than ``max_seq_len`` is
+token attends across documents, and each document's first label is masked so that no token is
+trained to predict the next document: a packed row trains exactly the targets of its
+documents trained one by one. Documents are never split: one longer than ``max_seq_len`` is
 truncated (keeping its last token, normally eos) and counted in ``num_truncated``.
 
 Preference samples are packed per pair: chosen and rejected go into the same row as
@@ -68,7 +70,10 @@ def _build_row(docs: list[Document], max_seq_len: int, pad_id: int) -> dict[str,
     row: dict[str, list[int]] = {"tokens": [], "labels": [], "input_pos": [], "document_ids": []}
     for doc_id, (tokens, labels) in enumerate(docs):
         row["tokens"] += tokens
-        row["labels"] += labels
+        # Each position is trained on the next label, so a document's first label is never
+        # its own target; in a row it would be the previous document's last one (eos -> bos,
+        # across documents), a target unpacked training never has. It is masked.
+        row["labels"] += [IGNORE_INDEX] + labels[1:]
         row["input_pos"] += list(range(len(tokens)))
         row["document_ids"] += [doc_id] * len(tokens)
     padding = max_seq_len - len(row["tokens"])
