@@ -18,6 +18,9 @@ _CHATTY_LOGGERS = {
     # bitsandbytes on an AVX-512 CPU misses an optional kernel package; tt's optimizers from
     # bitsandbytes do not use it.
     "bitsandbytes.backends.cpu.ops": logging.ERROR,
+    # compile on a CPU with torch's CUDA build: "No CUDA runtime is found, using CUDA_HOME=..."
+    # (inductor looks for CUDA while building its C++ kernels; the run is on the CPU anyway).
+    "torch.utils.cpp_extension": logging.ERROR,
 }
 
 
