@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from finetune_bench import machine  # noqa: E402
 
 RESULTS_DIR = Path(__file__).parent / "results"
 # The peer harness's Llama shape (87.8M parameters, untied, GQA 12/4).
@@ -38,16 +40,6 @@ MODEL = {"vocab_size": 8_000, "dim": 768, "n_layers": 12, "n_heads": 12, "n_kv_h
          "hidden_dim": 2048}  # fmt: skip
 QUICK_MODEL = {"vocab_size": 1_000, "dim": 128, "n_layers": 2, "n_heads": 4, "hidden_dim": 256}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def sample_lengths(n: int, seed: int, longest: int) -> list[int]:
@@ -99,7 +91,7 @@ def build(mode: str, dtype: torch.dtype, model_args: dict, max_seq_len: int) -> 
 
 def train(model: torch.nn.Module, batches: list[dict]) -> dict:
     """One untimed warm-up step, then every batch once; trained tokens per second."""
-    from tt_recipes.losses import ChunkedCrossEntropy, shift_labels
+    from tt_recipes.losses import IGNORE_INDEX, ChunkedCrossEntropy, shift_labels
     from tt_recipes.trainer import hidden_states
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -108,11 +100,12 @@ def train(model: torch.nn.Module, batches: list[dict]) -> dict:
 
     def step(batch: dict) -> int:
         targets = shift_labels(batch["labels"])
+        trained = int((targets != IGNORE_INDEX).sum())
         loss = loss_fn(hidden_states(model, batch), model.logits_from_hidden, targets)
-        (loss / (targets != -100).sum()).backward()
+        (loss / trained).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return int((targets != -100).sum())
+        return trained
 
     step(batches[0])
     start = time.perf_counter()
@@ -152,9 +145,7 @@ def main() -> None:
     sorted_lengths = sorted(lengths)
     record = {
         "benchmark": "packing_bench",
-        "machine": f"{os.cpu_count()} cpus, {cpu_name()}",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "machine": machine("cpu"),
         "model": model_args,
         "dtype": args.dtype,
         "samples": n,

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).parents[1] / "bench" / "finetune_bench.py"
 TINY = {"vocab_size": 96, "dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 48}
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("finetune_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    # Registered first: dataclasses look their module up in sys.modules.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def bench(bench_script):
+    return bench_script("finetune_bench")
 
 
 def tiny_settings(bench, mode: str, **overrides):

@@ -73,7 +73,7 @@ def _build_row(docs: list[Document], max_seq_len: int, pad_id: int) -> dict[str,
         # Each position is trained on the next label, so a document's first label is never
         # its own target; in a row it would be the previous document's last one (eos -> bos,
         # across documents), a target unpacked training never has. It is masked.
-        row["labels"] += [IGNORE_INDEX] * len(labels[:1]) + labels[1:]
+        row["labels"] += [IGNORE_INDEX, *labels[1:]] if labels else []
         row["input_pos"] += list(range(len(tokens)))
         row["document_ids"] += [doc_id] * len(tokens)
     padding = max_seq_len - len(row["tokens"])
